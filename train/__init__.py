@@ -1,0 +1,1 @@
+"""Training programs (``python -m train.<program>.main``) and their shared toolkit ``train.common``."""

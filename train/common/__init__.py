@@ -1,0 +1,19 @@
+"""Shared training toolkit for every program in ``train/``.
+
+One small module per job; import the module you need (nothing heavy is imported here):
+
+- ``train.common.distributed``: ``jax.distributed`` initialisation from flags or the environment,
+  single-process otherwise; process index/count helpers.
+- ``train.common.parallel``: pmap helpers: replicate/unreplicate a train state, shard a host batch to
+  ``(local_devices, per_device, ...)``, per-device keys via ``fold_in(axis_index)``.
+- ``train.common.data``: per-process data sharding: a reproducible global batch order (seed, epoch) of
+  which each process reads only its slice, resumable from a step.
+- ``train.common.checkpoint``: orbax ``CheckpointManager`` wrapper: save/restore train state + step +
+  data position + rng + any JSON metadata, keeping the latest and the best checkpoints.
+- ``train.common.metrics``: metrics writer (JSONL + tensorboardX), a no-op on processes other than 0.
+- ``train.common.progress``: tqdm progress bar (process 0 only).
+- ``train.common.plots``: matplotlib (Agg) line plots saved to PNG.
+- ``train.common.preemption``: SIGTERM/SIGINT -> finish the step, checkpoint, exit 0 with a resume line.
+- ``train.common.guard``: non-finite loss/gradient guard (stop naming step and last good checkpoint, or
+  skip the step and count it).
+"""

@@ -1,0 +1,205 @@
+"""Checkpointing through orbax's ``CheckpointManager``: train state + JSON metadata, latest and best kept.
+
+A checkpoint at step ``s`` holds two items: ``state`` (any pytree of arrays: model and optimizer
+state, saved as host numpy arrays so replicated/pmapped values are written once) and ``meta`` (a
+JSON dict: the step, the data position, the rng key as integers, anything else the program needs to
+resume exactly). ``metrics`` given at save time rank checkpoints for "best". The latest
+``keep_latest`` checkpoints and the ``keep_best`` best ones are kept; older ones are deleted.
+
+Multi-process: every process calls :meth:`Checkpointer.save`/``restore`` (orbax synchronises them;
+numpy leaves are written by the primary process only).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be read (missing, truncated or not matching the model)."""
+
+
+def key_to_json(key: jax.Array) -> list[int]:
+  """Serialise a typed PRNG key to a list of uint32 words for the JSON metadata."""
+  return np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel().tolist()
+
+
+def key_from_json(words: list[int], impl: str | None = None) -> jax.Array:
+  """Rebuild a typed PRNG key from :func:`key_to_json` output (default impl: the current default)."""
+  data = np.asarray(words, dtype=np.uint32)
+  return jax.random.wrap_key_data(data, impl=impl)
+
+
+def to_host(tree: PyTree) -> PyTree:
+  """Copy every array leaf to a host numpy array (what gets written)."""
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+class Checkpointer:
+  """Save/restore ``(state, meta)`` checkpoints in ``directory``, keeping the latest and the best.
+
+  Args:
+    directory: checkpoint folder (created if missing; made absolute).
+    keep_latest: how many most recent checkpoints to keep.
+    keep_best: how many best checkpoints (by ``best_metric``) to keep in addition; 0 disables.
+    best_metric: key of the ``metrics`` dict passed to :meth:`save` that ranks checkpoints.
+    best_mode: ``"min"`` (e.g. a loss) or ``"max"`` (e.g. an accuracy).
+  """
+
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    *,
+    keep_latest: int = 1,
+    keep_best: int = 1,
+    best_metric: str | None = None,
+    best_mode: str = "min",
+  ):
+    if best_mode not in ("min", "max"):
+      raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}")
+    if keep_latest < 1:
+      raise ValueError(f"keep_latest must be >= 1, got {keep_latest}")
+    self.directory = os.path.abspath(os.fspath(directory))
+    self.best_metric = best_metric
+    policies: list[Any] = [ocp.checkpoint_managers.LatestN(n=keep_latest)]
+    best_fn = None
+    if best_metric is not None and keep_best > 0:
+
+      def best_fn(metrics: dict) -> float:
+        return float(metrics[best_metric])
+
+      policies.append(
+        ocp.checkpoint_managers.BestN(
+          get_metric_fn=best_fn,
+          reverse=best_mode == "min",
+          n=keep_best,
+          keep_checkpoints_without_metrics=False,
+        )
+      )
+    options = ocp.CheckpointManagerOptions(
+      best_fn=best_fn,
+      best_mode=best_mode,
+      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+      create=True,
+      enable_async_checkpointing=False,
+    )
+    self._manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=("state", "meta")
+    )
+
+  def latest_step(self) -> int | None:
+    """Step of the newest checkpoint, or None if there is none."""
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """Step of the best checkpoint by ``best_metric`` (the latest if no metric), or None."""
+    return self._manager.best_step()
+
+  def all_steps(self) -> list[int]:
+    """Steps of every checkpoint on disk, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def path(self, step: int) -> str:
+    """Folder of the checkpoint at ``step`` (for messages)."""
+    return os.path.join(self.directory, str(step))
+
+  def save(
+    self,
+    step: int,
+    state: PyTree,
+    *,
+    meta: dict | None = None,
+    metrics: dict | None = None,
+  ) -> bool:
+    """Write a checkpoint at ``step`` (a no-op if one already exists at that step).
+
+    Args:
+      step: global training step (the checkpoint's name).
+      state: pytree of arrays (unreplicate pmapped state first).
+      meta: JSON-serialisable dict (data position, rng via :func:`key_to_json`, ...).
+      metrics: scalars for ranking "best" (must contain ``best_metric`` when one is set).
+
+    Returns:
+      True if a checkpoint was written.
+    """
+    if step in self._manager.all_steps():
+      return False
+    if metrics is not None:
+      metrics = {k: float(v) for k, v in metrics.items()}
+    meta = dict(meta or {})
+    meta.setdefault("step", int(step))
+    saved = self._manager.save(
+      int(step),
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(to_host(state)), meta=ocp.args.JsonSave(meta)
+      ),
+      metrics=metrics,
+      force=True,
+    )
+    self._manager.wait_until_finished()
+    return bool(saved)
+
+  def restore(
+    self, target: PyTree, step: int | None = None, *, best: bool = False
+  ) -> tuple[PyTree, dict] | None:
+    """Read the checkpoint at ``step`` (default: latest, or best if ``best``) into ``target``'s structure.
+
+    Args:
+      target: a pytree with the same structure/shapes/dtypes as the saved state (e.g. the freshly
+        initialised state); its values are not used.
+      step: which checkpoint; None picks the latest (or best).
+      best: pick the best checkpoint instead of the latest when ``step`` is None.
+
+    Returns:
+      ``(state, meta)`` with numpy leaves, or None when the folder has no checkpoint.
+
+    Raises:
+      CheckpointError: the checkpoint is missing, truncated, or does not match ``target``.
+    """
+    if step is None:
+      step = self.best_step() if best else self.latest_step()
+      if step is None:
+        return None
+    abstract = to_host(target)
+    try:
+      restored = self._manager.restore(
+        int(step),
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+        ),
+      )
+    except Exception as e:  # orbax raises many types; the user needs the file and the reason.
+      raise CheckpointError(
+        f"cannot restore checkpoint {self.path(step)}: {type(e).__name__}: {str(e)[:500]}\n"
+        "The checkpoint is truncated, corrupted or from a different model/config; delete that "
+        "folder to fall back to an earlier checkpoint, or use a new --workdir."
+      ) from None
+    state = to_host(restored.state)
+    _check_same_structure(target, state, self.path(step))
+    return state, dict(restored.meta)
+
+  def close(self) -> None:
+    """Wait for pending writes and release the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def _check_same_structure(target: PyTree, state: PyTree, where: str) -> None:
+  t_leaves, t_def = jax.tree.flatten(target)
+  s_leaves, s_def = jax.tree.flatten(state)
+  if t_def != s_def:
+    raise CheckpointError(
+      f"checkpoint {where} has a different structure from the model: {s_def} vs {t_def}"
+    )
+  for a, b in zip(t_leaves, s_leaves, strict=True):
+    if np.shape(a) != np.shape(b):
+      raise CheckpointError(
+        f"checkpoint {where} has shape {np.shape(b)} where the model has {np.shape(a)}"
+      )

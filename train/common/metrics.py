@@ -1,0 +1,104 @@
+"""Metrics writer: one JSON line per ``write`` in ``<workdir>/metrics.jsonl`` plus TensorBoard events.
+
+Only process 0 writes (other processes get a writer whose methods do nothing), so multi-process
+runs produce one log. Read the JSONL back with :func:`read_jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def _scalar(v: Any) -> float | int | str:
+  if isinstance(v, str):
+    return v
+  a = np.asarray(v)
+  if a.size != 1:
+    raise ValueError(f"metric values must be scalars, got shape {a.shape}")
+  x = a.item()
+  return x if isinstance(x, int) and not isinstance(x, bool) else float(x)
+
+
+class MetricsWriter:
+  """Append scalar metrics to ``metrics.jsonl`` and TensorBoard event files under ``workdir``.
+
+  Args:
+    workdir: output folder (created if missing).
+    enabled: write anything at all; default: only on process 0.
+    tensorboard: also write TensorBoard events (tensorboardX) under ``workdir/tensorboard``.
+    filename: JSONL file name inside ``workdir``.
+  """
+
+  def __init__(
+    self,
+    workdir: str | os.PathLike,
+    *,
+    enabled: bool | None = None,
+    tensorboard: bool = True,
+    filename: str = "metrics.jsonl",
+  ):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.path = os.path.join(os.fspath(workdir), filename)
+    self._tb = None
+    if not self.enabled:
+      return
+    os.makedirs(os.fspath(workdir), exist_ok=True)
+    if tensorboard:
+      from tensorboardX import SummaryWriter
+
+      self._tb = SummaryWriter(os.path.join(os.fspath(workdir), "tensorboard"))
+
+  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """Record ``scalars`` (name -> number or string) at ``step``.
+
+    Args:
+      step: x-axis value (global step or epoch).
+      scalars: values; array-likes must hold one element.
+    """
+    if not self.enabled:
+      return
+    row = {"step": int(step), "time": time.time()}
+    row.update({k: _scalar(v) for k, v in scalars.items()})
+    with open(self.path, "a") as f:
+      # NaN/inf are written as JSON strings so every line stays valid JSON.
+      f.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
+    if self._tb is not None:
+      for k, v in row.items():
+        if k not in ("step", "time") and isinstance(v, (int, float)):
+          self._tb.add_scalar(k, v, int(step))
+      self._tb.flush()
+
+  def close(self) -> None:
+    """Flush and close the TensorBoard writer."""
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def _json_safe(v: Any) -> Any:
+  if isinstance(v, float) and not math.isfinite(v):
+    return str(v)
+  return v
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+  """Read every row of a metrics JSONL file (``"nan"``/``"inf"`` strings become floats).
+
+  Raises:
+    FileNotFoundError: with the path, if the file does not exist.
+  """
+  rows = []
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        row = json.loads(line)
+        rows.append({k: float(v) if v in ("nan", "inf", "-inf") else v for k, v in row.items()})
+  return rows

@@ -1,0 +1,90 @@
+"""Line plots saved to PNG with matplotlib's Agg backend (no display needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+@dataclasses.dataclass
+class Panel:
+  """One subplot: ``series`` maps a label to ``(x, y)`` sequences.
+
+  Attributes:
+    series: label -> (x values, y values); plotted in insertion order.
+    xlabel: x-axis label.
+    ylabel: y-axis label.
+    title: optional subplot title.
+    logy: log-scale y axis.
+  """
+
+  series: Mapping[str, tuple[Sequence[float], Sequence[float]]]
+  xlabel: str = ""
+  ylabel: str = ""
+  title: str | None = None
+  logy: bool = False
+
+
+def save_panels(
+  panels: Sequence[Panel],
+  path: str | os.PathLike,
+  *,
+  suptitle: str | None = None,
+  ncols: int | None = None,
+) -> str:
+  """Draw ``panels`` side by side (``ncols`` per row) and save a PNG.
+
+  Args:
+    panels: the subplots.
+    path: output file (parent folders are created).
+    suptitle: optional figure title.
+    ncols: panels per row (default: all in one row).
+
+  Returns:
+    The absolute path written.
+  """
+  ncols = ncols or len(panels)
+  nrows = -(-len(panels) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.2 * nrows), squeeze=False)
+  for ax, panel in zip(axes.ravel(), panels, strict=False):
+    for label, (x, y) in panel.series.items():
+      ax.plot(
+        list(x), list(y), marker="o" if len(list(x)) < 30 else None, markersize=3, label=label
+      )
+    ax.set_xlabel(panel.xlabel)
+    ax.set_ylabel(panel.ylabel)
+    if panel.title:
+      ax.set_title(panel.title)
+    if panel.logy:
+      ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  for ax in axes.ravel()[len(panels) :]:
+    ax.axis("off")
+  if suptitle:
+    fig.suptitle(suptitle)
+  fig.tight_layout()
+  path = os.path.abspath(os.fspath(path))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def line_plot(
+  series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+  path: str | os.PathLike,
+  *,
+  xlabel: str = "",
+  ylabel: str = "",
+  title: str | None = None,
+  logy: bool = False,
+) -> str:
+  """Save a single-panel line plot (see :func:`save_panels`); returns the absolute path."""
+  return save_panels([Panel(series, xlabel, ylabel, title, logy)], path)
