@@ -1,0 +1,407 @@
+"""CIFAR-10/100 input pipeline for the WRN program: loading, WRN augmentation, shuffling, host sharding, batching.
+
+Sources, in order of preference for `source="auto"`:
+  * the official binary archives `cifar-10-binary.tar.gz` / `cifar-100-binary.tar.gz` (or their extracted folders
+    `cifar-10-batches-bin/`, `cifar-100-binary/`) in `data_dir`, read with numpy. The Python-version archives are
+    never opened: unpickling runs code.
+  * TensorFlow Datasets `cifar10` / `cifar100` through `tfds.data_source` (ArrayRecord; needs no TensorFlow) when
+    `tensorflow_datasets` is installed and the prepared data is in `data_dir` (or TFDS's default folder).
+  * "synthetic": a small learnable stand-in of the right shape (class-dependent colour patterns plus noise), for CI
+    and for throughput measurements where CIFAR is absent.
+
+Batches are plain numpy dicts on the host: `image` float32 (B_local, 32, 32, 3) normalised per channel, `label`
+int32 (B_local,), and for evaluation `mask` float32 (B_local,) that is 0 on padding rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tarfile
+from collections.abc import Iterator
+
+import numpy as np
+
+from train.common import data
+
+# Per-channel statistics of the CIFAR-10 training set on the 0..255 scale, as in the WRN reference.
+MEAN = np.array([125.3, 123.0, 113.9], np.float32)
+STD = np.array([63.0, 62.1, 66.7], np.float32)
+PAD = 4
+IMAGE_SHAPE = (32, 32, 3)
+_PIXELS = 32 * 32 * 3
+
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+SOURCES = ("auto", "binary", "tfds", "synthetic")
+
+# Official binary layout: per record `label_bytes` label bytes then 3072 pixel bytes (R plane, G plane, B plane,
+# each 32x32 row-major). CIFAR-100 records hold (coarse label, fine label); we use the fine label.
+_BINARY = {
+  "cifar10": {
+    "archive": "cifar-10-binary.tar.gz",
+    "folder": "cifar-10-batches-bin",
+    "train": [f"data_batch_{i}.bin" for i in range(1, 6)],
+    "test": ["test_batch.bin"],
+    "label_bytes": 1,
+    "label_index": 0,
+  },
+  "cifar100": {
+    "archive": "cifar-100-binary.tar.gz",
+    "folder": "cifar-100-binary",
+    "train": ["train.bin"],
+    "test": ["test.bin"],
+    "label_bytes": 2,
+    "label_index": 1,
+  },
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayDataset:
+  """An in-memory image classification split: uint8 images (N, 32, 32, 3) and int32 labels (N,)."""
+
+  images: np.ndarray
+  labels: np.ndarray
+  num_classes: int
+
+  def __post_init__(self) -> None:
+    """Check shapes, dtypes and label range once, where the data enters."""
+    if (
+      self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[1:] != IMAGE_SHAPE
+    ):
+      raise ValueError(
+        f"images must be uint8 (N, 32, 32, 3), got {self.images.dtype} {self.images.shape}"
+      )
+    if self.labels.shape != (self.images.shape[0],):
+      raise ValueError(f"labels must have shape ({self.images.shape[0]},), got {self.labels.shape}")
+    if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+      raise ValueError(
+        f"labels must lie in [0, {self.num_classes}), got [{self.labels.min()}, {self.labels.max()}]"
+      )
+
+  def __len__(self) -> int:
+    """Number of examples."""
+    return int(self.labels.shape[0])
+
+
+def _check_name(name: str) -> None:
+  if name not in NUM_CLASSES:
+    raise ValueError(f"dataset must be one of {tuple(NUM_CLASSES)}, got {name!r}")
+
+
+def _check_split(split: str) -> None:
+  if split not in ("train", "test"):
+    raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
+def decode_binary_records(
+  raw: bytes, label_bytes: int, label_index: int, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+  """Decode concatenated official CIFAR binary records.
+
+  Args:
+    raw: the file's bytes; each record is `label_bytes` label bytes then 3072 pixel bytes (R, G, B planes).
+    label_bytes: 1 for CIFAR-10, 2 for CIFAR-100 (coarse, fine).
+    label_index: which label byte to keep.
+    what: file name for error messages.
+
+  Returns:
+    (images uint8 (N, 32, 32, 3), labels int32 (N,)).
+  """
+  record = label_bytes + _PIXELS
+  if len(raw) == 0 or len(raw) % record:
+    raise ValueError(
+      f"{what}: {len(raw)} bytes is not a positive multiple of the {record}-byte CIFAR record"
+    )
+  rows = np.frombuffer(raw, np.uint8).reshape(-1, record)
+  labels = rows[:, label_index].astype(np.int32)
+  images = rows[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+  return np.ascontiguousarray(images), labels
+
+
+def read_cifar_binary(data_dir: str, name: str, split: str) -> ArrayDataset:
+  """Read a CIFAR split from the official binary archive (or its extracted folder) in `data_dir`.
+
+  Args:
+    data_dir: folder holding `cifar-10-binary.tar.gz` / `cifar-100-binary.tar.gz` or the extracted folder.
+    name: "cifar10" or "cifar100".
+    split: "train" or "test".
+
+  Returns:
+    The split as an ArrayDataset (CIFAR-100: fine labels).
+  """
+  _check_name(name)
+  _check_split(split)
+  spec = _BINARY[name]
+  folder = os.path.join(data_dir, spec["folder"])
+  archive = os.path.join(data_dir, spec["archive"])
+  parts: list[tuple[np.ndarray, np.ndarray]] = []
+  if os.path.isdir(folder):
+    for fname in spec[split]:
+      path = os.path.join(folder, fname)
+      if not os.path.isfile(path):
+        raise FileNotFoundError(
+          f"{path} is missing (expected the files of the official {spec['archive']})"
+        )
+      with open(path, "rb") as f:
+        parts.append(
+          decode_binary_records(f.read(), spec["label_bytes"], spec["label_index"], path)
+        )
+  elif os.path.isfile(archive):
+    with tarfile.open(archive, "r:gz") as tar:
+      members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+      for fname in spec[split]:
+        if fname not in members:
+          raise FileNotFoundError(
+            f"{archive} has no member {fname!r}; is it the official binary archive?"
+          )
+        f = tar.extractfile(members[fname])
+        assert f is not None
+        parts.append(
+          decode_binary_records(f.read(), spec["label_bytes"], spec["label_index"], fname)
+        )
+  else:
+    raise FileNotFoundError(
+      f"no CIFAR data for {name!r} in {data_dir!r}: expected {spec['archive']} (from "
+      f"https://www.cs.toronto.edu/~kriz/) or its extracted folder {spec['folder']}/"
+    )
+  images = np.concatenate([p[0] for p in parts])
+  labels = np.concatenate([p[1] for p in parts])
+  return ArrayDataset(images, labels, NUM_CLASSES[name])
+
+
+def read_tfds(name: str, split: str, data_dir: str | None = None) -> ArrayDataset:
+  """Read a CIFAR split through `tfds.data_source` (ArrayRecord files; TensorFlow is not needed).
+
+  Args:
+    name: "cifar10" or "cifar100" (TFDS names; cifar100's `label` is the fine label).
+    split: "train" or "test".
+    data_dir: TFDS data folder; None for TFDS's default.
+
+  Returns:
+    The split as an ArrayDataset.
+  """
+  _check_name(name)
+  _check_split(split)
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise ImportError("source='tfds' needs `pip install tensorflow-datasets`") from e
+  source = tfds.data_source(name, split=split, data_dir=data_dir)
+  n = len(source)
+  images = np.empty((n,) + IMAGE_SHAPE, np.uint8)
+  labels = np.empty((n,), np.int32)
+  for i in range(n):  # ArrayRecord random access; ~1 min for 50k records, done once per run.
+    ex = source[i]
+    images[i] = ex["image"]
+    labels[i] = ex["label"]
+  return ArrayDataset(images, labels, NUM_CLASSES[name])
+
+
+def synthetic(num_examples: int, num_classes: int, seed: int) -> ArrayDataset:
+  """A learnable CIFAR-shaped stand-in: each class has its own colour pattern, plus uniform pixel noise.
+
+  Args:
+    num_examples: N.
+    num_classes: number of classes (labels are i mod num_classes, then shuffled).
+    seed: numpy seed.
+
+  Returns:
+    An ArrayDataset of N uint8 images.
+  """
+  rng = np.random.default_rng(seed)
+  patterns = rng.integers(0, 256, size=(num_classes, 4, 4, 3)).astype(np.float32)
+  labels = rng.permutation(np.arange(num_examples) % num_classes).astype(np.int32)
+  base = np.repeat(np.repeat(patterns[labels], 8, axis=1), 8, axis=2)
+  noise = rng.uniform(-64, 64, size=(num_examples,) + IMAGE_SHAPE)
+  images = np.clip(base + noise, 0, 255).astype(np.uint8)
+  return ArrayDataset(images, labels, num_classes)
+
+
+def load(
+  name: str,
+  split: str,
+  data_dir: str | None,
+  source: str = "auto",
+  *,
+  synthetic_size: int = 512,
+  seed: int = 0,
+) -> ArrayDataset:
+  """Load a split from the configured source.
+
+  Args:
+    name: "cifar10" or "cifar100".
+    split: "train" or "test".
+    data_dir: folder with the binary archives / TFDS data (may be None for TFDS's default or synthetic).
+    source: "auto" (binary archives if present in data_dir, else TFDS), "binary", "tfds" or "synthetic".
+    synthetic_size: number of examples for the synthetic source (test split: a quarter, at least 1).
+    seed: seed of the synthetic source (the test split uses seed + 1 and the same class patterns' seed).
+
+  Returns:
+    The split as an ArrayDataset.
+  """
+  _check_name(name)
+  _check_split(split)
+  if source not in SOURCES:
+    raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+  if source == "synthetic":
+    full = synthetic(synthetic_size + max(1, synthetic_size // 4), NUM_CLASSES[name], seed)
+    sl = slice(0, synthetic_size) if split == "train" else slice(synthetic_size, None)
+    return ArrayDataset(full.images[sl], full.labels[sl], full.num_classes)
+  if source == "binary" or (source == "auto" and data_dir and _has_binary(data_dir, name)):
+    if not data_dir:
+      raise ValueError("source='binary' needs a data_dir holding the official CIFAR binary archive")
+    return read_cifar_binary(data_dir, name, split)
+  try:
+    return read_tfds(name, split, data_dir)
+  except ImportError as e:
+    raise FileNotFoundError(
+      f"no {_BINARY[name]['archive']} in data_dir={data_dir!r} and tensorflow-datasets is not installed"
+    ) from e
+
+
+def _has_binary(data_dir: str, name: str) -> bool:
+  spec = _BINARY[name]
+  return os.path.isfile(os.path.join(data_dir, spec["archive"])) or os.path.isdir(
+    os.path.join(data_dir, spec["folder"])
+  )
+
+
+def normalize(images: np.ndarray) -> np.ndarray:
+  """(x - mean) / std per channel on the 0..255 scale; uint8 (..., 3) -> float32."""
+  return (images.astype(np.float32) - MEAN) / STD
+
+
+def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """WRN augmentation: reflect-pad 4 pixels, random 32x32 crop, random horizontal flip (p = 1/2).
+
+  Args:
+    images: uint8 (B, 32, 32, 3).
+    rng: numpy generator (one draw of offsets and flips per image).
+
+  Returns:
+    uint8 (B, 32, 32, 3) augmented images.
+  """
+  b, h, w, _ = images.shape
+  padded = np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)), mode="reflect")
+  oy = rng.integers(0, 2 * PAD + 1, size=b)
+  ox = rng.integers(0, 2 * PAD + 1, size=b)
+  flip = rng.random(b) < 0.5
+  rows = oy[:, None] + np.arange(h)[None, :]
+  cols = ox[:, None] + np.arange(w)[None, :]
+  cols = np.where(flip[:, None], cols[:, ::-1], cols)
+  return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def _check_hosts(global_batch: int, host_id: int, num_hosts: int) -> int:
+  if global_batch < 1:
+    raise ValueError(f"global batch size must be >= 1, got {global_batch}")
+  if num_hosts < 1 or not 0 <= host_id < num_hosts:
+    raise ValueError(f"need 0 <= host_id < num_hosts, got host_id={host_id}, num_hosts={num_hosts}")
+  if global_batch % num_hosts:
+    raise ValueError(
+      f"global batch size {global_batch} must be divisible by the number of hosts {num_hosts}"
+    )
+  return global_batch // num_hosts
+
+
+def train_steps_per_epoch(num_examples: int, global_batch: int) -> int:
+  """Training batches per epoch, floor(N / B): the last partial batch is dropped explicitly.
+
+  N mod B examples (different ones each epoch, as the order is reshuffled) are left out of each epoch.
+  """
+  return data.steps_per_epoch(num_examples, global_batch)
+
+
+def eval_steps(num_examples: int, global_batch: int) -> int:
+  """Evaluation batches, ceil(N / B): the last batch is padded and masked so every example counts once."""
+  _check_hosts(global_batch, 0, 1)
+  return -(-num_examples // global_batch)
+
+
+def train_batches(
+  ds: ArrayDataset,
+  *,
+  global_batch: int,
+  seed: int,
+  epoch: int,
+  host_id: int = 0,
+  num_hosts: int = 1,
+  start_batch: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+  """One epoch of augmented, shuffled training batches for this host.
+
+  The global order is `train.common.data`'s: a permutation from (seed, epoch), global batch b = slice b of it,
+  this host reading its contiguous share. Batch b's augmentation comes from a generator seeded with
+  (seed, epoch, b, host_id), so an epoch can resume at any batch and see exactly what an uninterrupted run saw.
+
+  Args:
+    ds: training split.
+    global_batch: batch size summed over all hosts and devices.
+    seed: run seed.
+    epoch: epoch number (0-based); selects the permutation.
+    host_id: this host's index (jax.process_index()).
+    num_hosts: number of hosts (jax.process_count()).
+    start_batch: first batch to yield (for mid-epoch resume).
+
+  Yields:
+    {"image": float32 (B_local, 32, 32, 3), "label": int32 (B_local,)} with B_local = global_batch / num_hosts.
+  """
+  _check_hosts(global_batch, host_id, num_hosts)
+  arrays = {"image": ds.images, "label": ds.labels}
+  batches = data.iterate_epoch(
+    arrays,
+    global_batch,
+    seed,
+    epoch,
+    start_step=start_batch,
+    process_index=host_id,
+    process_count=num_hosts,
+  )
+  for b, batch in enumerate(batches, start=start_batch):
+    rng = np.random.default_rng([seed, epoch, b, host_id])
+    yield {"image": normalize(augment(batch["image"], rng)), "label": batch["label"]}
+
+
+def eval_batches(
+  ds: ArrayDataset, *, global_batch: int, host_id: int = 0, num_hosts: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
+  """Every example exactly once, in order, no augmentation; the last global batch is padded and masked.
+
+  Args:
+    ds: evaluation split.
+    global_batch: batch size summed over all hosts and devices.
+    host_id: this host's index.
+    num_hosts: number of hosts.
+
+  Yields:
+    {"image": float32 (B_local, 32, 32, 3), "label": int32 (B_local,), "mask": float32 (B_local,)}; padding rows
+    repeat example 0 with mask 0, so every host yields the same number of equally shaped batches.
+  """
+  local = _check_hosts(global_batch, host_id, num_hosts)
+  n = eval_steps(len(ds), global_batch)
+  idx = np.arange(n * global_batch).reshape(n, global_batch)
+  for b in range(n):
+    mine = idx[b, host_id * local : (host_id + 1) * local]
+    mask = (mine < len(ds)).astype(np.float32)
+    mine = np.where(mine < len(ds), mine, 0)
+    yield {"image": normalize(ds.images[mine]), "label": ds.labels[mine], "mask": mask}
+
+
+def write_cifar_binary(
+  path: str, images: np.ndarray, labels: np.ndarray, coarse_labels: np.ndarray | None = None
+) -> None:
+  """Write records in the official binary format (for synthetic archives; inverse of decode_binary_records).
+
+  Args:
+    path: output .bin file.
+    images: uint8 (N, 32, 32, 3).
+    labels: (N,) labels in [0, 256); the fine label for CIFAR-100.
+    coarse_labels: CIFAR-100 coarse labels (N,), written before the fine label; None for CIFAR-10.
+  """
+  planes = np.asarray(images, np.uint8).transpose(0, 3, 1, 2).reshape(len(images), _PIXELS)
+  cols = [np.asarray(labels, np.uint8)[:, None]]
+  if coarse_labels is not None:
+    cols.insert(0, np.asarray(coarse_labels, np.uint8)[:, None])
+  with open(path, "wb") as f:
+    f.write(np.concatenate(cols + [planes], axis=1).tobytes())
