@@ -1,0 +1,20 @@
+"""Sparseout for JAX and Flax: dropout generalised by a norm q that sets activation sparsity.
+
+``sparseout(rng, x, p, q)`` is the function; ``sparseout_jax.nnx.Sparseout`` and
+``sparseout_jax.linen.Sparseout`` are drop-in replacements for Flax's ``Dropout``.
+"""
+
+from sparseout_jax.core import ABS_FLOOR, sparseout, sparseout_with_mask
+from sparseout_jax.hoyer import hoyer_sparsity
+from sparseout_jax.variants import bridgeout_dense, embedding_sparseout, weight_sparseout
+
+__all__ = [
+  "ABS_FLOOR",
+  "bridgeout_dense",
+  "embedding_sparseout",
+  "hoyer_sparsity",
+  "sparseout",
+  "sparseout_with_mask",
+  "weight_sparseout",
+]
+__version__ = "0.1.0"

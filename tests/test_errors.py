@@ -1,0 +1,94 @@
+"""Bad input raises an error that names the argument and the allowed range."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+import sparseout_jax.linen as so_linen
+import sparseout_jax.nnx as so_nnx
+from sparseout_jax import bridgeout_dense, embedding_sparseout, hoyer_sparsity, sparseout
+
+K = jax.random.key(0)
+X = jnp.ones((3, 4))
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan"), float("inf")])
+def test_rate_out_of_range(p):
+  with pytest.raises(ValueError, match=r"`p` is the drop probability and must lie in \[0, 1\]"):
+    sparseout(K, X, p, 1.5)
+  with pytest.raises(ValueError, match=r"`rate`.*\[0, 1\]"):
+    so_nnx.Sparseout(p, 1.5)
+  with pytest.raises(ValueError, match=r"`rate`.*\[0, 1\]"):
+    so_linen.Sparseout(p, 1.5)
+
+
+@pytest.mark.parametrize("q", [0.0, -1.0, float("nan"), float("inf")])
+def test_q_not_positive_or_not_finite(q):
+  with pytest.raises(ValueError, match=r"`q` .* must be finite and > 0"):
+    sparseout(K, X, 0.5, q)
+  with pytest.raises(ValueError, match=r"`q`"):
+    so_nnx.Sparseout(0.5, q)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_])
+def test_non_float_input(dtype):
+  with pytest.raises(TypeError, match=r"`x` must have a floating dtype.*got"):
+    sparseout(K, jnp.ones(3, dtype), 0.5, 1.5)
+
+
+@pytest.mark.parametrize("dims", [(2,), (-3,), (0, 5)])
+def test_broadcast_dim_out_of_range(dims):
+  with pytest.raises(ValueError, match=r"`broadcast_dims` entry -?\d+ is out of range .* rank 2"):
+    sparseout(K, X, 0.5, 1.5, broadcast_dims=dims)
+
+
+def test_unknown_gradient_and_residual():
+  with pytest.raises(ValueError, match=r"`gradient` must be one of \('exact', 'reference'\)"):
+    sparseout(K, X, 0.5, 1.5, gradient="straight-through")
+  with pytest.raises(ValueError, match=r"`residual` must be one of"):
+    sparseout(K, X, 0.5, 1.5, residual="noise")
+  with pytest.raises(ValueError, match=r"`gradient`"):
+    so_linen.Sparseout(0.5, 1.5, gradient="nope")
+
+
+@pytest.mark.parametrize("name", ["p", "q"])
+def test_traced_p_or_q_is_refused_plainly(name):
+  def f(v):
+    args = {"p": 0.5, "q": 1.5, name: v}
+    return sparseout(K, X, args["p"], args["q"])
+
+  with pytest.raises(
+    TypeError, match=rf"`{name}` must be a static Python number, but got a traced value"
+  ):
+    jax.jit(f)(0.3)
+  # A concrete array scalar outside jit is fine.
+  np.testing.assert_array_equal(
+    f(jnp.float32(0.25 if name == "p" else 1.5)), f(0.25 if name == "p" else 1.5)
+  )
+
+
+def test_layer_misuse_messages():
+  with pytest.raises(ValueError, match="no `rngs` argument was provided to Sparseout"):
+    so_nnx.Sparseout(0.5, 1.5)(X)
+  with pytest.raises(Exception, match="deterministic"):
+    so_linen.Sparseout(0.5, 1.5).apply({}, X)
+  assert nn.Dropout  # the Linen error is Flax's own merge_param message
+  with pytest.raises(TypeError, match="rngs must be"):
+    so_nnx.Sparseout(0.5, 1.5, rngs=3)
+  with pytest.raises(TypeError, match="rngs must be"):
+    so_nnx.Sparseout(0.5, 1.5)(X, rngs="key")
+  assert isinstance(so_nnx.Sparseout(0.5, rngs=nnx.Rngs(0)), nnx.Dropout)
+
+
+def test_variant_and_metric_errors():
+  with pytest.raises(TypeError, match="`ids` must be integer"):
+    embedding_sparseout(K, jnp.ones((5, 2)), jnp.ones(3), 0.1, 1.5)
+  with pytest.raises(ValueError, match="`table` must be a"):
+    embedding_sparseout(K, jnp.ones(5), jnp.ones(3, jnp.int32), 0.1, 1.5)
+  with pytest.raises(ValueError, match=r"`x` must be \(batch, in\)"):
+    bridgeout_dense(K, jnp.ones((2, 3)), jnp.ones((4, 5)), 0.5, 1.5)
+  with pytest.raises(ValueError, match="length >= 2"):
+    hoyer_sparsity(jnp.ones((4, 1)))
