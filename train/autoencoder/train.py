@@ -268,7 +268,8 @@ def train_and_evaluate(
         save(epoch, start_in_epoch, None)
         bar.close()
         preempt.exit(step, ckpt.path(step), preemption.resume_command(PROGRAM))
-      if start_in_epoch < steps_per_epoch:  # stopped by max_steps inside an epoch
+      if start_in_epoch < steps_per_epoch:  # stopped by max_steps inside an epoch: resumable
+        save(epoch, start_in_epoch, None)
         break
       epoch, start_in_epoch = epoch + 1, 0
       history.append(eval_row(epoch, float(np.mean(losses)) if losses else None))

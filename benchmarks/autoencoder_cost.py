@@ -1,0 +1,194 @@
+"""Table 1 (paper section 4.2): training cost of backprop, dropout, sparseout and Bridgeout autoencoders.
+
+For H in (1024, 2048) it builds the autoencoder program's own pmapped train step for each method,
+compiles it, then times windows of training steps on MNIST in rounds that alternate the methods
+(so a background load hits all of them alike). Reported per method: the median seconds per step over
+the rounds, the seconds per epoch it implies (steps per epoch x median; an epoch is
+len(train) / batch steps), and the ratio to backprop measured in the same run. Bridgeout gets
+shorter windows (it is an order of magnitude slower); the per-step medians make them comparable.
+
+    python -m benchmarks.autoencoder_cost                     # full MNIST from ../shared/data/mnist if present
+    python -m benchmarks.autoencoder_cost --rounds 3 --steps 20 --hidden 1024
+
+Writes ``benchmarks/results/autoencoder_cost_<platform>.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from train.autoencoder import input_pipeline, train
+from train.autoencoder.configs import default
+from train.common import data, parallel
+
+METHODS = (
+  ("backprop", "none"),
+  ("dropout", "dropout"),
+  ("sparseout", "sparseout"),
+  ("bridgeout", "bridgeout"),
+)
+PAPER = {1024: (5.2, 5.3, 5.8, 31.6), 2048: (5.6, 5.6, 6.0, 57.2)}
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def _setup(hidden: int, regularizer: str, q: float, rate: float, batch: int):
+  cfg = default.get_config()
+  cfg.hidden, cfg.regularizer, cfg.q, cfg.rate, cfg.batch_size = hidden, regularizer, q, rate, batch
+  train.validate_config(cfg)
+  graphdef, params, rest = nnx.split(train.build_model(cfg), nnx.Param, ...)
+  tx = train.make_optimizer(cfg)
+  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  step, _ = train.make_steps(graphdef, rest, tx, cfg)
+  return parallel.replicate(state), step
+
+
+def _window(state, step, batches, key):
+  t = time.perf_counter()
+  for b in batches:
+    state, m = step(state, b, key)
+  jax.block_until_ready((state, m))
+  return state, time.perf_counter() - t
+
+
+def main() -> None:
+  """Parse flags, run the alternating benchmark, print and write the table."""
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--hidden", type=int, nargs="+", default=[1024, 2048])
+  ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (median over them)")
+  ap.add_argument(
+    "--steps", type=int, default=40, help="steps per timed window (Bridgeout: steps // 8, >= 2)"
+  )
+  ap.add_argument("--batch", type=int, default=128)
+  ap.add_argument("--rate", type=float, default=0.5)
+  ap.add_argument("--q", type=float, default=1.5, help="q of sparseout and Bridgeout")
+  ap.add_argument(
+    "--data_dir", default=os.path.join(input_pipeline.REPO_ROOT.parent, "shared", "data", "mnist")
+  )
+  ap.add_argument(
+    "--out",
+    default=None,
+    help="results file stem (default benchmarks/results/autoencoder_cost_<platform>)",
+  )
+  args = ap.parse_args()
+
+  if os.path.isdir(args.data_dir):
+    images = input_pipeline.load_mnist("idx", args.data_dir)["train"]
+    source = f"full MNIST train ({len(images)})"
+  else:
+    images = input_pipeline.load_mnist("shipped")["train"]
+    source = f"shipped t10k split ({len(images)})"
+  steps_per_epoch = data.steps_per_epoch(len(images), args.batch)
+  batches = [parallel.shard(b) for b in data.iterate_epoch({"x": images}, args.batch, 0, 0)]
+  key = jax.random.key(0)
+  dev = jax.devices()[0]
+  machine = f"{dev.platform}: {getattr(dev, 'device_kind', '')}; {platform.processor() or platform.machine()}"
+  if dev.platform == "cpu":
+    with open("/proc/cpuinfo") as f:
+      cpu = next(
+        (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?"
+      )
+    machine = f"cpu: {cpu}, {os.cpu_count()} cores, {jax.local_device_count()} XLA device(s)"
+  print(
+    f"{machine}; jax {jax.__version__}; {source}, batch {args.batch}, {steps_per_epoch} steps/epoch"
+  )
+  print(f"load average at start: {os.getloadavg()}")
+
+  results = {}
+  for hidden in args.hidden:
+    setups, times = {}, {name: [] for name, _ in METHODS}
+    for name, reg in METHODS:
+      state, step = _setup(hidden, reg, args.q, args.rate, args.batch)
+      state, _ = _window(state, step, batches[:2], key)  # compile + warm up
+      setups[name] = [state, step]
+    for r in range(args.rounds):
+      order = METHODS if r % 2 == 0 else METHODS[::-1]  # alternate, and alternate the order too
+      for name, _ in order:
+        n = max(2, args.steps // 8) if name == "bridgeout" else args.steps
+        start = (r * args.steps) % (len(batches) - n)
+        setups[name][0], sec = _window(
+          setups[name][0], setups[name][1], batches[start : start + n], key
+        )
+        times[name].append(sec / n)
+      print(
+        f"H={hidden} round {r + 1}/{args.rounds}: "
+        + ", ".join(f"{k} {v[-1] * 1e3:.1f} ms/step" for k, v in times.items()),
+        flush=True,
+      )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    results[hidden] = {
+      k: {
+        "ms_per_step": med[k] * 1e3,
+        "s_per_epoch": med[k] * steps_per_epoch,
+        "ratio_to_backprop": med[k] / med["backprop"],
+        "all_ms_per_step": [t * 1e3 for t in times[k]],
+      }
+      for k in med
+    }
+    results[hidden]["sparseout_over_dropout"] = med["sparseout"] / med["dropout"]
+    del setups
+
+  lines = [
+    f"# Autoencoder training cost (Table 1), {machine}",
+    "",
+    f"`python -m benchmarks.autoencoder_cost --rounds {args.rounds} --steps {args.steps}`; jax {jax.__version__}; "
+    f"{source}; batch {args.batch}; rate {args.rate}; q {args.q} (sparseout, Bridgeout per-example masks); "
+    f"median over {args.rounds} alternating rounds of {args.steps}-step windows (Bridgeout {max(2, args.steps // 8)}); "
+    f"s/epoch = median s/step x {steps_per_epoch} steps. Load average at start: {os.getloadavg()[0]:.1f}.",
+    "",
+    "| H | | Backprop | Dropout | Sparseout | Bridgeout | Sparseout / Dropout |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for hidden, res in results.items():
+    names = [n for n, _ in METHODS]
+    lines.append(
+      f"| {hidden} | s/epoch | "
+      + " | ".join(f"{res[n]['s_per_epoch']:.2f}" for n in names)
+      + f" | {res['sparseout_over_dropout']:.3f} |"
+    )
+    lines.append(
+      f"| {hidden} | ratio to backprop | "
+      + " | ".join(f"{res[n]['ratio_to_backprop']:.3f}" for n in names)
+      + " | |"
+    )
+    if hidden in PAPER:
+      p = PAPER[hidden]
+      lines.append(
+        f"| {hidden} | paper (GTX 1080, s) | "
+        + " | ".join(f"{v}" for v in p)
+        + f" | {p[2] / p[1]:.3f} |"
+      )
+  text = "\n".join(lines) + "\n"
+  print(text)
+  stem = args.out or os.path.join(RESULTS, f"autoencoder_cost_{dev.platform}")
+  os.makedirs(os.path.dirname(stem), exist_ok=True)
+  with open(stem + ".md", "w") as f:
+    f.write(text)
+  with open(stem + ".json", "w") as f:
+    json.dump(
+      {
+        "machine": machine,
+        "jax": jax.__version__,
+        "args": vars(args),
+        "source": source,
+        "steps_per_epoch": steps_per_epoch,
+        "results": {str(k): v for k, v in results.items()},
+      },
+      f,
+      indent=1,
+    )
+  print(f"wrote {stem}.md and {stem}.json")
+
+
+if __name__ == "__main__":
+  np.set_printoptions(precision=4)
+  main()
