@@ -1,0 +1,190 @@
+"""Forward + backward time of sparseout against Flax's Dropout, the identity and PyTorch.
+
+Times y, dx = vjp(layer)(x)(w) for each layer on one array, in one process, alternating
+the variants round by round, and writes ratios against Flax Dropout measured in the same
+run. The PyTorch row is the authors' rule (SPEC 1) as a torch.autograd.Function.
+
+  python -m benchmarks.sparseout_speed                # the README table
+  python -m benchmarks.sparseout_speed --quick        # 2 sizes, float32 only
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import platform
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from benchmarks._timing import interleaved_medians
+from sparseout_jax import sparseout
+
+SIZES = [1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24]  # 64K .. 16M elements
+RATE = 0.5
+
+
+def _jax_variants(impl: str, dtype, residuals: tuple[str, ...]) -> dict:
+  """name -> jitted f(key, x, w) returning (y, dx)."""
+  drop = nn.Dropout(RATE, deterministic=False)
+
+  def vjp_of(layer):
+    def f(key, x, w):
+      y, pull = jax.vjp(lambda x: layer(key, x), x)
+      return y, pull(w)[0]
+
+    return jax.jit(f)
+
+  out = {
+    "identity": vjp_of(lambda k, x: x),
+    "flax_dropout": vjp_of(lambda k, x: drop.apply({}, x, rng=k)),
+  }
+  for q in (1.5, 2.5):
+    for r in residuals:
+      out[f"sparseout_q{q}_{r}"] = vjp_of(
+        lambda k, x, q=q, r=r: sparseout(k, x, RATE, q, residual=r)
+      )
+  return {f"{name}[{impl}]": (impl, fn) for name, fn in out.items()}
+
+
+def _torch_reference():
+  """The authors' rule as a torch.autograd.Function, or None when torch is missing."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  torch.set_num_threads(os.cpu_count() or 1)
+
+  class SparseoutFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p, q):
+      noise = torch.empty_like(x).bernoulli_(1 - p).div_(1 - p).sub_(1)
+      ax = x.abs() + 1e-12
+      ctx.save_for_backward(ax, noise)
+      ctx.q = q
+      return x + x.sign() * ax.pow(q / 2) * noise
+
+    @staticmethod
+    def backward(ctx, g):
+      ax, noise = ctx.saved_tensors
+      return g * (1 + ax.pow(ctx.q / 2 - 1) * noise), None, None
+
+  return torch, SparseoutFn
+
+
+def _call_jax(f, key, x, w):
+  return jax.block_until_ready(f(key, x, w))
+
+
+def _torch_variants(torch, fn, shape, dtype_name: str) -> dict:
+  """The authors' rule at q = 1.5 and 2.5, and torch's own dropout, as timed callables."""
+  tdt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+  tx = torch.randn(shape, dtype=tdt, requires_grad=True)
+  tw = torch.randn(shape, dtype=tdt)
+
+  def step(q):
+    y = fn.apply(tx, RATE, q) if q else torch.nn.functional.dropout(tx, RATE, training=True)
+    (dx,) = torch.autograd.grad(y, tx, tw)
+    return y, dx
+
+  return {
+    "torch_reference_q1.5": functools.partial(step, 1.5),
+    "torch_reference_q2.5": functools.partial(step, 2.5),
+    "torch_dropout": functools.partial(step, None),
+  }
+
+
+def run(sizes, dtypes, impls, residuals, rounds) -> list[dict]:
+  rows = []
+  torch_ref = _torch_reference()
+  for dtype_name in dtypes:
+    dtype = jnp.dtype(dtype_name)
+    for n in sizes:
+      x = jax.random.normal(jax.random.key(0), (n // 1024, 1024)).astype(dtype)
+      w = jax.random.normal(jax.random.key(1), x.shape).astype(dtype)
+      fns = {}
+      for impl in impls:
+        key = jax.random.key(2, impl=impl)
+        for name, (_, f) in _jax_variants(impl, dtype, residuals).items():
+          fns[name] = functools.partial(_call_jax, f, key, x, w)
+      if torch_ref is not None:
+        fns.update(_torch_variants(*torch_ref, x.shape, dtype_name))
+      med = interleaved_medians(fns, rounds=rounds)
+      base = med[f"flax_dropout[{impls[0]}]"]
+      for name, sec in med.items():
+        rows.append(
+          {
+            "dtype": dtype_name,
+            "elements": n,
+            "variant": name,
+            "ms": sec * 1e3,
+            "vs_dropout": sec / base,
+          }
+        )
+      print(
+        f"{dtype_name} {n:>9,}: " + ", ".join(f"{k} {v / base:.2f}" for k, v in med.items()),
+        flush=True,
+      )
+  return rows
+
+
+def write_markdown(rows: list[dict], path: pathlib.Path, meta: dict) -> None:
+  variants = list(dict.fromkeys(r["variant"] for r in rows))
+  keys = sorted(
+    {(r["dtype"], r["elements"]) for r in rows}, key=lambda t: (t[0] != "float32", t[1])
+  )
+  by = {(r["dtype"], r["elements"], r["variant"]): r for r in rows}
+  lines = [
+    f"Forward+backward time relative to Flax Dropout (threefry) in the same run; "
+    f"machine: {meta['machine']}; jax {meta['jax']}; rate {RATE}.",
+    "",
+    "| dtype | elements | dropout ms | " + " | ".join(variants) + " |",
+    "|---|---|---|" + "---|" * len(variants),
+  ]
+  for d, n in keys:
+    base = by[(d, n, variants[1])]["ms"] if (d, n, variants[1]) in by else float("nan")
+    cells = [f"{by[(d, n, v)]['vs_dropout']:.2f}" if (d, n, v) in by else "-" for v in variants]
+    lines.append(f"| {d} | {n:,} | {base:.2f} | " + " | ".join(cells) + " |")
+  path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  ap.add_argument("--quick", action="store_true", help="two sizes, float32, threefry only")
+  ap.add_argument("--rounds", type=int, default=7)
+  ap.add_argument("--out", default="benchmarks/results/sparseout_speed_cpu")
+  args = ap.parse_args()
+  if args.quick:
+    sizes, dtypes, impls, residuals = (
+      [1 << 16, 1 << 22],
+      ["float32"],
+      ["threefry2x32"],
+      ("mask", "key"),
+    )
+  else:
+    sizes, dtypes, impls, residuals = (
+      SIZES,
+      ["float32", "bfloat16"],
+      ["threefry2x32", "rbg"],
+      ("mask", "key"),
+    )
+  rows = run(sizes, dtypes, impls, residuals, args.rounds)
+  meta = {
+    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].platform}",
+    "jax": jax.__version__,
+  }
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+  write_markdown(rows, out.with_suffix(".md"), meta)
+  print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+  main()
