@@ -81,6 +81,10 @@ def test_missing_and_corrupt_files_give_clear_errors(tmp_path) -> None:
     ip.read_cifar_binary(str(tmp_path), "cifar100", "train")
   with pytest.raises(FileNotFoundError, match="test.bin"):
     ip.read_cifar_binary(str(tmp_path), "cifar100", "test")
+  with pytest.raises(
+    FileNotFoundError, match="cifar-10-binary.tar.gz"
+  ):  # neither archive nor TFDS data
+    ip.load("cifar10", "train", str(tmp_path / "empty"))
   with pytest.raises(ValueError, match="dataset"):
     ip.load("mnist", "train", str(tmp_path))
 

@@ -86,6 +86,16 @@ def test_resume_mid_epoch_gives_the_uninterrupted_parameters(
       assert r1[k] == r2[k], k
 
 
+def test_plot_runs_overlays_workdirs(uninterrupted, tmp_path, monkeypatch) -> None:
+  from train.wrn import plot_runs
+
+  out = tmp_path / "overlay.png"
+  monkeypatch.setattr("sys.argv", ["plot_runs", "--out", str(out), uninterrupted["workdir"]])
+  plot_runs.main()
+  assert out.stat().st_size > 1000
+  assert plot_runs.label_of(uninterrupted["workdir"]) == "sparseout q=2.5 p=0.3"
+
+
 def test_bad_config_is_named() -> None:
   with pytest.raises(ValueError, match="config.batch_size"):
     train.validate_config(_config(batch_size=12))

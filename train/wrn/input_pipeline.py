@@ -187,7 +187,15 @@ def read_tfds(name: str, split: str, data_dir: str | None = None) -> ArrayDatase
     import tensorflow_datasets as tfds
   except ImportError as e:
     raise ImportError("source='tfds' needs `pip install tensorflow-datasets`") from e
-  source = tfds.data_source(name, split=split, data_dir=data_dir)
+  try:
+    # download=False: use prepared data only; a missing dataset is an error here, not a silent download.
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except Exception as e:  # tfds raises assorted types for missing/unprepared data
+    raise FileNotFoundError(
+      f"TFDS {name!r} is not prepared in data_dir={data_dir!r} ({type(e).__name__}: {str(e)[:300]}). "
+      f"Prepare it with `tfds build {name} --file_format=array_record`, or put the official "
+      f"{_BINARY[name]['archive']} in the data_dir"
+    ) from None
   n = len(source)
   images = np.empty((n,) + IMAGE_SHAPE, np.uint8)
   labels = np.empty((n,), np.int32)

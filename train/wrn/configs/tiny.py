@@ -16,5 +16,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 16
   c.num_epochs = 3
   c.lr_boundaries = (2,)
+  c.dtype = "float32"
   c.progress = False
   return c

@@ -27,7 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.placement = "after_relu"  # after_relu (WRN reference) | before_bn (authors' later code)
   c.gradient = "exact"  # sparseout backward rule: exact | reference
   c.bn_momentum = 0.9  # Flax convention (PyTorch momentum 0.1)
-  c.dtype = "float32"  # float32 | bfloat16 (compute; params and BN statistics stay float32)
+  # Compute dtype: float32 | bfloat16 | auto (bfloat16 on GPU/TPU, float32 on CPU); parameters and BN
+  # statistics stay float32 either way.
+  c.dtype = "auto"
   # Optimiser.
   c.batch_size = 128  # global batch over all processes and devices
   c.learning_rate = 0.1
