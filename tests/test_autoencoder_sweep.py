@@ -33,7 +33,7 @@ def test_tiny_sweep_writes_files_and_orders_q(tmp_path):
   assert out["table"].splitlines()[-1] == saved["verdict"]
   final = {name: r["history"][-1]["test_hoyer"] for name, r in out["results"].items()}
   assert final["sparseout_q2"] == final["dropout"]
-  # Checked over seeds 0-4 at this size: q=1 is far sparser than dropout, q=3 denser (margins > 0.03).
+  # Checked over seeds 0-4 at this size (1 device): q=1 sparser than dropout by > 0.29, q=3 denser by > 0.06.
   assert final["sparseout_q1"] > final["dropout"] > final["sparseout_q3"]
   assert out["ordering_held"] and "ORDERING HELD" in saved["verdict"]
 

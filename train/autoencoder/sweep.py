@@ -85,8 +85,8 @@ def verdict(results: dict[str, dict[str, Any]]) -> tuple[bool, str]:
     if ha <= hb
   ]
   parts, held = [], not broken
-  chain = " > ".join(f"{h:.3f}" for _, h in so)
-  parts.append(f"Hoyer over q={so[0][0]:g}..{so[-1][0]:g}: {chain}")
+  chain = ", ".join(f"q={q:g}: {h:.3f}" for q, h in so)
+  parts.append(f"final test Hoyer {chain}")
   if broken:
     parts.append("not monotone at " + "; ".join(broken))
   q2 = [h for q, h in so if q == 2.0]

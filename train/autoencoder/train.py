@@ -182,8 +182,8 @@ def train_and_evaluate(
     datasets: preloaded ``{"train", "test"}`` arrays (the sweep loads once); default: from the config.
 
   Returns:
-    ``{"history": [per-epoch dicts], "workdir": str, "skipped_steps": int, "steps": int}``; epoch 0
-    is the untrained model.
+    ``{"history": [per-epoch dicts], "workdir": str, "skipped_steps": int, "steps": int,
+    "final_params": host arrays}``; history[0] is the untrained model (epoch 0).
   """
   validate_config(config)
   if datasets is None:
@@ -202,10 +202,12 @@ def train_and_evaluate(
   restored = ckpt.restore(state)
   history: list[dict[str, Any]] = []
   epoch, start_in_epoch, skipped = 0, 0, 0
+  resumed_losses: list[float] = []  # the interrupted epoch's noisy losses so far
   if restored is not None:
     state, meta = restored
     epoch, start_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
     history, skipped = list(meta["history"]), int(meta.get("skipped_steps", 0))
+    resumed_losses = [float(v) for v in meta.get("epoch_losses", [])]
   writer = metrics.MetricsWriter(workdir)
   nonfinite = guard.NonFiniteGuard(skip=bool(config.skip_nonfinite))
   nonfinite.skipped = skipped
@@ -227,6 +229,8 @@ def train_and_evaluate(
       "step_in_epoch": in_epoch,
       "history": history,
       "skipped_steps": nonfinite.skipped,
+      # A mid-epoch checkpoint keeps the epoch's losses so far: the resumed epoch's mean is exact.
+      "epoch_losses": losses if in_epoch else [],
     }
     meta["rng"] = checkpoint.key_to_json(key)
     m = {"test_loss": metrics_row["test_loss"]} if metrics_row else None
@@ -245,7 +249,7 @@ def train_and_evaluate(
   )
   with preemption.PreemptionHandler() as preempt:
     while epoch < int(config.num_epochs) and step < max_steps:
-      losses = []
+      losses, resumed_losses = resumed_losses, []
       for batch in data.iterate_epoch(
         {"x": train_x},
         int(config.batch_size),
@@ -283,6 +287,7 @@ def train_and_evaluate(
     "workdir": os.path.abspath(workdir),
     "skipped_steps": nonfinite.skipped,
     "steps": step,
+    "final_params": checkpoint.to_host(parallel.unreplicate(rstate["params"])),
   }
 
 

@@ -32,7 +32,8 @@ def replicate(tree: PyTree, devices: list[jax.Device] | None = None) -> PyTree:
   Returns:
     The replicated pytree, ready to be a pmap argument with ``in_axes=0``.
   """
-  return jax_utils.replicate(tree, devices)
+  # Same mesh axis name as the pmap outputs, so the first and later calls share one compilation.
+  return jax_utils.replicate(tree, devices, axis_name=AXIS)
 
 
 def unreplicate(tree: PyTree) -> PyTree:
