@@ -148,7 +148,7 @@ def to_markdown(results: list[dict], meta: dict) -> str:
       c = f"{ratio['cpu_time_median_of_round_ratios']:.3f}" if ratio else "1"
       spread = f"{min(ratio['round_ratios']):.2f}-{max(ratio['round_ratios']):.2f}" if ratio else ""
       lines.append(
-        f"| {r['model']} | {r['batch']} | {r['dtype']} | {n} | {s:.4f} | {r['images_per_s'][n]:.1f} "
+        f"| {r['model']} | {r['batch']} | {r['dtype']} | {n} | {s:.4f} | {r['images_per_s'][n]:.3g} "
         f"| {a} | {b} | {c} | {spread} |"
       )
   return "\n".join(lines) + "\n"

@@ -96,6 +96,48 @@ def test_plot_runs_overlays_workdirs(uninterrupted, tmp_path, monkeypatch) -> No
   assert plot_runs.label_of(uninterrupted["workdir"]) == "sparseout q=2.5 p=0.3"
 
 
+def test_learning_rate_schedule_is_the_wrn_recipe() -> None:
+  from train.wrn.configs import wrn28_10_cifar10
+
+  config = wrn28_10_cifar10.get_config()
+  spe = 390  # 50000 // 128
+  lr = train.learning_rate_schedule(config, spe)
+  for epoch, want in [
+    (0, 0.1),
+    (59, 0.1),
+    (60, 0.02),
+    (119, 0.02),
+    (120, 0.004),
+    (160, 0.0008),
+    (199, 0.0008),
+  ]:
+    assert float(lr(epoch * spe)) == pytest.approx(want, rel=1e-6), epoch
+  assert float(lr(60 * spe - 1)) == pytest.approx(0.1)
+
+
+def test_optimizer_is_torch_sgd_nesterov_with_l2() -> None:
+  """Two steps against the closed form of torch.optim.SGD(lr, momentum, weight_decay, nesterov=True)."""
+  import jax.numpy as jnp
+
+  from train.wrn.configs import wrn28_10_cifar10
+
+  tx = train.make_optimizer(wrn28_10_cifar10.get_config(), 390)
+  w = jnp.array([1.0, -2.0])
+  g1, g2 = jnp.array([0.5, 0.25]), jnp.array([-1.0, 2.0])
+  lr, mu, wd = 0.1, 0.9, 5e-4
+  opt = tx.init(w)
+  u, opt = tx.update(g1, opt, w)
+  d1 = g1 + wd * w
+  buf = d1
+  w1_want = w - lr * (d1 + mu * buf)
+  np.testing.assert_allclose(w + u, w1_want, rtol=1e-6)
+  w1 = w + u
+  u, opt = tx.update(g2, opt, w1)
+  d2 = g2 + wd * w1
+  buf = mu * buf + d2
+  np.testing.assert_allclose(w1 + u, w1 - lr * (d2 + mu * buf), rtol=1e-6)
+
+
 def test_bad_config_is_named() -> None:
   with pytest.raises(ValueError, match="config.batch_size"):
     train.validate_config(_config(batch_size=12))

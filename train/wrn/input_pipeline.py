@@ -280,21 +280,27 @@ def normalize(images: np.ndarray) -> np.ndarray:
   return (images.astype(np.float32) - MEAN) / STD
 
 
-def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def augment(
+  images: np.ndarray, rng: np.random.Generator, offset: int = 0, total: int | None = None
+) -> np.ndarray:
   """WRN augmentation: reflect-pad 4 pixels, random 32x32 crop, random horizontal flip (p = 1/2).
 
   Args:
     images: uint8 (B, 32, 32, 3).
     rng: numpy generator (one draw of offsets and flips per image).
+    offset: position of ``images`` in a larger batch of ``total`` images whose draws are made at once
+      (a host's share of a global batch), so an image's augmentation does not depend on the host count.
+    total: size of that larger batch (default: B).
 
   Returns:
     uint8 (B, 32, 32, 3) augmented images.
   """
   b, h, w, _ = images.shape
+  total = b if total is None else total
   padded = np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)), mode="reflect")
-  oy = rng.integers(0, 2 * PAD + 1, size=b)
-  ox = rng.integers(0, 2 * PAD + 1, size=b)
-  flip = rng.random(b) < 0.5
+  oy = rng.integers(0, 2 * PAD + 1, size=total)[offset : offset + b]
+  ox = rng.integers(0, 2 * PAD + 1, size=total)[offset : offset + b]
+  flip = (rng.random(total) < 0.5)[offset : offset + b]
   rows = oy[:, None] + np.arange(h)[None, :]
   cols = ox[:, None] + np.arange(w)[None, :]
   cols = np.where(flip[:, None], cols[:, ::-1], cols)
@@ -341,7 +347,8 @@ def train_batches(
 
   The global order is `train.common.data`'s: a permutation from (seed, epoch), global batch b = slice b of it,
   this host reading its contiguous share. Batch b's augmentation comes from a generator seeded with
-  (seed, epoch, b, host_id), so an epoch can resume at any batch and see exactly what an uninterrupted run saw.
+  (seed, epoch, b) and is drawn for the whole global batch (each host uses its slice), so an epoch can
+  resume at any batch and see exactly what an uninterrupted run saw, with any number of hosts.
 
   Args:
     ds: training split.
@@ -366,9 +373,13 @@ def train_batches(
     process_index=host_id,
     process_count=num_hosts,
   )
+  local = global_batch // num_hosts
   for b, batch in enumerate(batches, start=start_batch):
-    rng = np.random.default_rng([seed, epoch, b, host_id])
-    yield {"image": normalize(augment(batch["image"], rng)), "label": batch["label"]}
+    # Draws for the whole global batch, this host using its slice: 2 hosts x 2 devices augment every
+    # example as 1 host x 4 does (the trailing 0 keeps single-host runs' draws as they were).
+    rng = np.random.default_rng([seed, epoch, b, 0])
+    image = augment(batch["image"], rng, offset=host_id * local, total=global_batch)
+    yield {"image": normalize(image), "label": batch["label"]}
 
 
 def eval_batches(

@@ -442,5 +442,8 @@ def _reg_name(config: ml_collections.ConfigDict) -> str:
 
 
 def summary(out: dict[str, Any]) -> str:
-  """The last epoch's metrics as JSON text (what main prints)."""
-  return json.dumps(out["history"][-1] if out["history"] else {}, indent=1)
+  """The last finished epoch's metrics and the step reached, as JSON text (what main prints)."""
+  last = (
+    out["history"][-1] if out["history"] else {"note": "no epoch finished yet; run again to resume"}
+  )
+  return json.dumps({**last, "steps": out["steps"]}, indent=1)

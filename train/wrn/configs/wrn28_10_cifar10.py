@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_epochs = 200
   c.seed = 0  # parameter init and noise keys
   c.data_seed = 0  # data order and augmentation
-  c.eval_batch_size = 500  # global; the last test batch is padded and masked
+  c.eval_batch_size = 1024  # global (a power of two divides any power-of-two device count); last batch padded + masked
   # Run control.
   c.checkpoint_every_epochs = 1
   c.skip_nonfinite = False  # True: skip non-finite steps (counted) instead of stopping
