@@ -80,6 +80,15 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   )
 
 
+def _first_replica(tree: PyTree) -> PyTree:
+  """Device 0's copy of a pmap-replicated tree.
+
+  (flax's ``jax_utils.unreplicate`` returns the stacked array when pmap ran on a subset of
+  the local devices, e.g. ``num_devices=1`` of 8; this works for any device count.)
+  """
+  return jax.tree.map(lambda x: x.addressable_shards[0].data.reshape(x.shape[1:]), tree)
+
+
 def _time_major_shard(x: np.ndarray, n: int) -> np.ndarray:
   """``(T, B, ...) -> (n, T, B // n, ...)``: each device gets a contiguous block of streams."""
   t, b = x.shape[:2]
@@ -102,7 +111,11 @@ def _carry_unshard(carry: PyTree) -> PyTree:
 
 
 def make_train_step(
-  graphdef: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict, average: bool
+  graphdef: Any,
+  tx: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+  average: bool,
+  devices: list[Any] | None = None,
 ):
   """Build the pmapped train step.
 
@@ -111,6 +124,7 @@ def make_train_step(
     tx: the optimizer.
     config: needs ``alpha``, ``beta``, ``bptt``.
     average: also update the NT-ASGD running average of the parameters.
+    devices: the pmap devices (default: all local devices).
 
   Returns:
     ``step(params, opt_state, avg, carry, x, y, length, n_avg, key) -> (params, opt_state, avg,
@@ -150,6 +164,7 @@ def make_train_step(
     axis_name=parallel.AXIS,
     in_axes=(0, 0, 0, 0, 0, 0, None, None, None),
     donate_argnums=(0, 1, 2, 3),
+    devices=devices,
   )
 
 
@@ -221,7 +236,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Final results (best epoch, valid and test perplexity of the best checkpoint, tokens/s).
   """
   os.makedirs(workdir, exist_ok=True)
-  n_dev = jax.local_device_count()
+  devices = jax.local_devices()
+  if config.num_devices:
+    if jax.process_count() > 1 or config.num_devices > len(devices):
+      raise ValueError(
+        f"num_devices={config.num_devices} needs one process with at least that many local "
+        f"devices (have {len(devices)} in {jax.process_count()} processes)"
+      )
+    devices = devices[: config.num_devices]
+  n_dev = len(devices)
   p_idx, p_cnt = jax.process_index(), jax.process_count()
   is_main = p_idx == 0
   corpus = _load_data(config)
@@ -279,12 +302,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return _carry_shard(c, n_dev)  # numpy; the first pmap call places it
 
   r_params, r_opt, r_avg = (
-    parallel.replicate(params),
-    parallel.replicate(opt_state),
-    parallel.replicate(avg),
+    parallel.replicate(params, devices),
+    parallel.replicate(opt_state, devices),
+    parallel.replicate(avg, devices),
   )
   r_carry = carry_to_devices(carry_host)
-  steps = {avg_flag: make_train_step(graphdef, tx, config, avg_flag) for avg_flag in (False, True)}
+  steps = {
+    avg_flag: make_train_step(graphdef, tx, config, avg_flag, devices) for avg_flag in (False, True)
+  }
   eval_step = make_eval_step(graphdef)
   root_key = jax.random.key(config.seed)
   writer = metrics_lib.MetricsWriter(workdir)
@@ -301,15 +326,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def save(step_meta, metrics=None):
     state = {
-      "params": parallel.unreplicate(r_params),
-      "opt_state": parallel.unreplicate(r_opt),
-      "avg": parallel.unreplicate(r_avg),
+      "params": _first_replica(r_params),
+      "opt_state": _first_replica(r_opt),
+      "avg": _first_replica(r_avg),
       "carry": global_carry(r_carry),
     }
     checkpointer.save(step_meta["step"], state, meta=step_meta, metrics=metrics)
 
   def eval_params():
-    return parallel.unreplicate(r_avg if meta["asgd"] else r_params)
+    return _first_replica(r_avg if meta["asgd"] else r_params)
 
   start_time = time.time()
   with preemption.PreemptionHandler() as preempt:
@@ -432,7 +457,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     {"params": params, "opt_state": opt_state, "avg": avg, "carry": zero_carry}, best=True
   )
   state, best_meta = best
-  best_params = state["avg"] if best_meta["asgd"] else state["params"]
+  best_params = jax.tree.map(jnp.asarray, state["avg"] if best_meta["asgd"] else state["params"])
   valid = evaluate(
     graphdef, best_params, corpus.valid, config.eval_batch_size, config.bptt, eval_step
   )

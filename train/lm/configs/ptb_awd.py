@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_epochs = 500
   c.max_steps_per_epoch = 0  # 0: whole epochs (benchmarks cut them)
   c.seed = 141
+  c.num_devices = 0  # 0: every local device; n: the first n (single process only)
   c.log_every = 50
   c.interrupt_at_step = 0  # testing hook: behave as if SIGTERM arrived after this step
   return c

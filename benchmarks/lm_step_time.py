@@ -1,0 +1,166 @@
+"""AWD-LSTM train-step time: Sparseout vs Flax dropout, alternating in one process.
+
+Builds the real pmapped train step of ``train/lm`` for each variant (same model size, same
+real PTB windows, same keys) and times rounds of ``--steps`` steps, rotating the variant order
+every round so that load changes on a shared machine hit every variant alike. Reports tokens/s
+per variant and the step-time ratio to dropout (median over rounds).
+
+  python -m benchmarks.lm_step_time --config=ptb_awd --rounds=4 --steps=3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from train.common import parallel
+from train.lm import input_pipeline as ip
+from train.lm import train
+from train.lm.configs import ptb_awd, ptb_small
+
+CONFIGS = {"ptb_awd": ptb_awd, "ptb_small": ptb_small}
+VARIANTS = {
+  "dropout": dict(impl="dropout", q=2.0),
+  "sparseout_q2": dict(impl="sparseout", q=2.0),
+  "sparseout_q1.5": dict(impl="sparseout", q=1.5),
+  "sparseout_q2.5": dict(impl="sparseout", q=2.5),
+}
+
+
+def _cpu() -> float:
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
+def main() -> None:
+  """Parse flags, time the variants, write benchmarks/results/lm_step_time_<config>.{json,md}."""
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--config", default="ptb_awd", choices=sorted(CONFIGS))
+  ap.add_argument("--variants", default="dropout,sparseout_q1.5,sparseout_q2.5")
+  ap.add_argument("--rounds", type=int, default=4)
+  ap.add_argument("--steps", type=int, default=3, help="timed steps per variant per round")
+  ap.add_argument("--batch_size", type=int, default=0, help="0: the config's")
+  ap.add_argument("--bptt", type=int, default=70)
+  ap.add_argument("--data_dir", default="../shared/data/ptb")
+  ap.add_argument("--out", default="benchmarks/results")
+  a = ap.parse_args()
+
+  names = a.variants.split(",")
+  base = CONFIGS[a.config].get_config()
+  if a.batch_size:
+    base.batch_size = a.batch_size
+  corpus = ip.load_corpus("ptb", a.data_dir)
+  streams = ip.batchify(corpus.train, base.batch_size)
+  windows = [ip.make_window(streams, s, a.bptt) for s in range(0, 40 * a.bptt, a.bptt)]
+  n_dev = jax.local_device_count()
+
+  runners = {}
+  for name in names:
+    c = base.copy_and_resolve_references()
+    for k, v in VARIANTS[name].items():
+      c[k] = v
+    model = train.build_model(c, len(corpus.vocab))
+    graphdef, params = nnx.split(model)
+    tx = train.make_optimizer(c)
+    step = train.make_train_step(graphdef, tx, c, average=False)
+    carry = train._carry_shard(jax.tree.map(np.asarray, model.init_carry(c.batch_size)), n_dev)
+    st = [
+      parallel.replicate(params),
+      parallel.replicate(tx.init(params)),
+      parallel.replicate(params),
+      carry,
+    ]
+    runners[name] = (step, st)
+
+  def run(name: str, i: int) -> float:
+    step, st = runners[name]
+    w = windows[i % len(windows)]
+    x, y = train._time_major_shard(w.inputs, n_dev), train._time_major_shard(w.targets, n_dev)
+    out = step(*st, x, y, jnp.int32(a.bptt), jnp.int32(1), jax.random.key(i))
+    st[:] = out[:4]
+    return float(out[4]["loss"][0])
+
+  t0 = time.time()
+  for name in names:  # compile + one warm step each
+    run(name, 0)
+    run(name, 1)
+  compile_s = time.time() - t0
+
+  times: dict[str, list[float]] = {n: [] for n in names}
+  cpu: dict[str, list[float]] = {n: [] for n in names}
+  k = 2
+  for r in range(a.rounds):
+    order = names[r % len(names) :] + names[: r % len(names)]
+    for name in order:
+      c0, t1 = _cpu(), time.time()
+      for _ in range(a.steps):
+        run(name, k)
+        k += 1
+      times[name].append((time.time() - t1) / a.steps)
+      cpu[name].append((_cpu() - c0) / a.steps)
+    print(
+      f"round {r + 1}/{a.rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names),
+      flush=True,
+    )
+
+  tokens = base.batch_size * a.bptt
+  ref = names[0]
+  rows = {}
+  for n in names:
+    med = statistics.median(times[n])
+    rows[n] = {
+      "step_s_median": med,
+      "step_s_all": times[n],
+      "cpu_s_per_step_median": statistics.median(cpu[n]),
+      "tokens_per_s": tokens / med,
+      f"ratio_vs_{ref}_median": med / statistics.median(times[ref]),
+      # per-round ratios (the variants of one round ran back to back)
+      f"ratio_vs_{ref}_per_round": [t / u for t, u in zip(times[n], times[ref], strict=True)],
+    }
+  result = {
+    "config": a.config,
+    "batch_size": base.batch_size,
+    "bptt": a.bptt,
+    "model": {"emb": base.emb_size, "hidden": base.hidden_size, "layers": base.num_layers},
+    "rates": {s: base[f"rate_{s}"] for s in "eihow"},
+    "rounds": a.rounds,
+    "steps_per_round": a.steps,
+    "compile_and_warmup_s": compile_s,
+    "devices": [str(d) for d in jax.local_devices()],
+    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared)",
+    "jax": jax.__version__,
+    "variants": rows,
+  }
+  os.makedirs(a.out, exist_ok=True)
+  stem = os.path.join(a.out, f"lm_step_time_{a.config}")
+  with open(stem + ".json", "w") as f:
+    json.dump(result, f, indent=1)
+  lines = [
+    f"# LSTM LM train step, {a.config} (batch {base.batch_size}, bptt {a.bptt}), {result['machine']}",
+    "",
+    f"{a.rounds} rounds x {a.steps} steps, variants alternated within each round; medians.",
+    "",
+    f"| variant | step (s) | tokens/s | ratio vs {ref} |",
+    "|---|---|---|---|",
+  ]
+  for n, r in rows.items():
+    lines.append(
+      f"| {n} | {r['step_s_median']:.3f} | {r['tokens_per_s']:.0f} | {r[f'ratio_vs_{ref}_median']:.3f} |"
+    )
+  with open(stem + ".md", "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  main()
