@@ -182,8 +182,8 @@ def train_and_evaluate(
     datasets: preloaded ``{"train", "test"}`` arrays (the sweep loads once); default: from the config.
 
   Returns:
-    ``{"history": [per-epoch dicts], "workdir": str, "skipped_steps": int, "steps": int,
-    "final_params": host arrays}``; history[0] is the untrained model (epoch 0).
+    ``{"history": [per-epoch dicts], "workdir": str, "skipped_steps": int, "steps": int}``; epoch 0
+    is the untrained model.
   """
   validate_config(config)
   if datasets is None:
@@ -287,7 +287,6 @@ def train_and_evaluate(
     "workdir": os.path.abspath(workdir),
     "skipped_steps": nonfinite.skipped,
     "steps": step,
-    "final_params": checkpoint.to_host(parallel.unreplicate(rstate["params"])),
   }
 
 

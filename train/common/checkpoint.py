@@ -12,6 +12,7 @@ numpy leaves are written by the primary process only).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -40,6 +41,20 @@ def key_from_json(words: list[int], impl: str | None = None) -> jax.Array:
 def to_host(tree: PyTree) -> PyTree:
   """Copy every array leaf to a host numpy array (what gets written)."""
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def state_digest(tree: PyTree) -> str:
+  """sha256 over every leaf's dtype, shape and bytes, in tree order (detects silently altered data).
+
+  Orbax notices a truncated or unreadable file, but flipped bytes inside a data chunk restore as
+  wrong numbers without an error; the digest, kept in the checkpoint's metadata, catches that.
+  """
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(tree):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
 
 
 class Checkpointer:
@@ -135,10 +150,12 @@ class Checkpointer:
       metrics = {k: float(v) for k, v in metrics.items()}
     meta = dict(meta or {})
     meta.setdefault("step", int(step))
+    host_state = to_host(state)
+    meta["state_sha256"] = state_digest(host_state)
     saved = self._manager.save(
       int(step),
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(to_host(state)), meta=ocp.args.JsonSave(meta)
+        state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)
       ),
       metrics=metrics,
       force=True,
@@ -161,7 +178,8 @@ class Checkpointer:
       ``(state, meta)`` with numpy leaves, or None when the folder has no checkpoint.
 
     Raises:
-      CheckpointError: the checkpoint is missing, truncated, or does not match ``target``.
+      CheckpointError: the checkpoint is missing, truncated, altered (its state no longer matches
+        the sha256 recorded at save time), or does not match ``target``.
     """
     if step is None:
       step = self.best_step() if best else self.latest_step()
@@ -183,7 +201,15 @@ class Checkpointer:
       ) from None
     state = to_host(restored.state)
     _check_same_structure(target, state, self.path(step))
-    return state, dict(restored.meta)
+    meta = dict(restored.meta)
+    want = meta.get("state_sha256")  # absent in checkpoints written before it was added
+    if want is not None and state_digest(state) != want:
+      raise CheckpointError(
+        f"checkpoint {self.path(step)} is corrupted: its state does not match the sha256 recorded "
+        "when it was written (bytes of a data file changed). Delete that folder to fall back to an "
+        "earlier checkpoint, or use a new --workdir."
+      )
+    return state, meta
 
   def close(self) -> None:
     """Wait for pending writes and release the manager."""

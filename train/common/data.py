@@ -2,9 +2,10 @@
 
 The global order depends only on ``(seed, epoch)``: ``np.random.default_rng([seed, epoch])``
 permutes the example indices, global batch ``s`` is the slice ``[s*B, (s+1)*B)`` of that permutation
-(remainder dropped), and process ``p`` of ``P`` reads the contiguous ``B/P`` piece ``p`` of it. So the
-global batch (and therefore the training) is the same for 1 process x 4 devices and 2 processes x 2
-devices, and a run resumed at ``(epoch, step)`` sees exactly the batches it would have seen.
+(remainder dropped), sorted, and process ``p`` of ``P`` reads the contiguous ``B/P`` piece ``p`` of it.
+So the global batch, and which examples each device of the job gets, are the same for 1 process x 4
+devices and 2 processes x 2 devices, and a run resumed at ``(epoch, step)`` sees exactly the batches
+it would have seen.
 """
 
 from __future__ import annotations
@@ -75,9 +76,11 @@ def iterate_epoch(
   order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)
   local = global_batch_size // n_proc
   for step in range(start_step, steps_per_epoch(n, global_batch_size)):
-    idx = order[step * global_batch_size + p * local : step * global_batch_size + (p + 1) * local]
-    # Sorted gather is faster on large arrays; order inside a batch does not matter for a mean loss.
-    idx = np.sort(idx)
+    # Sort the GLOBAL batch, then cut this process's piece: sorted gathers are faster, and device d
+    # of the job sees the same examples whatever the process count (sorting each process's piece
+    # would move examples between devices, so 2 x 2 devices would not reproduce 1 x 4).
+    glob = np.sort(order[step * global_batch_size : (step + 1) * global_batch_size])
+    idx = glob[p * local : (p + 1) * local]
     yield {k: v[idx] for k, v in arrays.items()}
 
 

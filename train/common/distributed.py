@@ -104,9 +104,17 @@ def process_info() -> ProcessInfo:
 
 
 def define_flags() -> None:
-  """Define absl flags ``--coordinator_address --num_processes --process_id --local_device_ids`` once."""
+  """Define absl flags ``--coordinator_address --num_processes --process_id --local_device_ids`` once.
+
+  Every program's ``main`` module calls this at import, before its flags (and config file) are
+  parsed, so it also installs :func:`train.common.errors.install`: a bad config file or value, data
+  file or checkpoint then ends the program with one ``error:`` line instead of a traceback.
+  """
   from absl import flags
 
+  from train.common import errors
+
+  errors.install()
   if "coordinator_address" in flags.FLAGS:
     return
   flags.DEFINE_string("coordinator_address", None, "host:port of the jax.distributed coordinator.")
