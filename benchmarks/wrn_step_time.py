@@ -26,7 +26,7 @@ import time
 
 import jax
 
-from train.common import parallel, pmap_state
+from train.common import parallel
 from train.wrn import input_pipeline, train
 from train.wrn.configs import wrn28_10_cifar10
 
@@ -52,7 +52,7 @@ def build(
   host_batch = {"image": input_pipeline.normalize(ds.images), "label": ds.labels}
   sharded = jax.device_put(parallel.shard(host_batch))
   key = jax.random.key(0)
-  box = {"state": pmap_state.replicate(state)}
+  box = {"state": parallel.replicate(state)}
   flops = float("nan")
   if cost_analysis:  # a second compilation (the AOT path does not share pmap's cache), so opt-in
     try:

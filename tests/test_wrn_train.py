@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from train.common import metrics, parallel, pmap_state
+from train.common import metrics, parallel
 from train.wrn import input_pipeline, train
 from train.wrn.configs import tiny
 
@@ -41,7 +41,7 @@ def test_train_step_keeps_every_device_identical(datasets) -> None:
   batch = next(
     input_pipeline.train_batches(datasets["train"], global_batch=config.batch_size, seed=0, epoch=0)
   )
-  rstate, m = train_step(pmap_state.replicate(state), parallel.shard(batch), jax.random.key(0))
+  rstate, m = train_step(parallel.replicate(state), parallel.shard(batch), jax.random.key(0))
   for name in ("params", "batch_stats", "opt_state"):
     for leaf in jax.tree.leaves(rstate[name]):
       leaf = np.asarray(leaf)

@@ -30,7 +30,6 @@ from train.common import (
   metrics,
   parallel,
   plots,
-  pmap_state,
   preemption,
   progress,
 )
@@ -304,7 +303,7 @@ def train_and_evaluate(
   writer = metrics.MetricsWriter(workdir)
   nonfinite = guard.NonFiniteGuard(skip=bool(config.skip_nonfinite))
   nonfinite.skipped = skipped
-  rstate = pmap_state.replicate(state)  # output sharding of train_step: one compilation, not two
+  rstate = parallel.replicate(state)
 
   def save(ep: int, in_epoch: int, row: dict | None, epoch_acc: dict | None = None) -> None:
     meta = {
