@@ -128,7 +128,7 @@ def _initial(program: str):
 
 
 LM_DEVICES_BUG = pytest.mark.xfail(
-  reason="train/lm/train.py (working copy) passes devices=jax.local_devices() to jax.pmap: with "
+  reason="train/lm/train.py passes devices=jax.local_devices() to jax.pmap: with "
   "several processes each pmaps alone (jax: `devices` must list every process's devices), so the "
   "processes never average gradients; pass devices=None unless config.num_devices is set",
   strict=False,
