@@ -299,7 +299,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def carry_to_devices(c):
     """Global host carry (B, H) -> this host's streams on its local devices."""
     c = jax.tree.map(lambda a: a[p_idx * b_host : (p_idx + 1) * b_host], c)
-    return _carry_shard(c, n_dev)  # numpy; the first pmap call places it
+    # Placed like parallel.replicate's output (and pmap's), so the step compiles once, not twice.
+    mesh = jax.sharding.Mesh(np.array(devices), (parallel.AXIS,))
+    sharding = jax.NamedSharding(mesh, jax.P(parallel.AXIS))
+    return jax.device_put(_carry_shard(c, n_dev), sharding)
 
   r_params, r_opt, r_avg = (
     parallel.replicate(params, devices),
