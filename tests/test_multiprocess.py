@@ -6,16 +6,19 @@ the order in which the cross-device all-reduce (``lax.pmean`` of the gradients) 
 values: XLA's in-process CPU all-reduce and gloo's cross-process one may group them differently. A
 probe measures that order; where both topologies round the probe alike the parameters must be
 bit-equal, otherwise they must agree to float32 rounding (``RTOL``/``ATOL`` below) and differ by far
-less than training moved them.
+less than training moved them. A last test SIGTERMs one process of a 2-process job and resumes it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -201,3 +204,68 @@ def test_process_pieces_are_the_one_process_batch_in_order() -> None:
   for b in range(len(one)):
     for k in ("image", "label"):
       np.testing.assert_array_equal(np.concatenate([two[0][b][k], two[1][b][k]]), one[b][k])
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_and_they_resume(tmp_path) -> None:
+  """SIGTERM to process 1 only: both agree to stop after the same step, process 0 checkpoints
+  through orbax's multi-process save and prints the resume line, both exit 0; started again, the
+  pair finishes the run bit-equal to a pair never interrupted."""
+  args = [
+    "--config.hidden=16",
+    "--config.batch_size=800",
+    "--config.num_epochs=4",
+    "--config.train_eval_size=800",
+    "--config.eval_batch_size=1000",
+    "--config.progress=False",
+  ]
+  cut, ref = str(tmp_path / "cut"), str(tmp_path / "ref")
+
+  def pair(workdir: str) -> list[subprocess.Popen]:
+    coord = dict(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}", JAX_NUM_PROCESSES="2")
+    cmd = [sys.executable, "-m", "train.autoencoder.main", f"--workdir={workdir}", *args]
+    return [
+      subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=_env(2, JAX_PROCESS_ID=str(i), **coord),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+      )
+      for i in (0, 1)
+    ]
+
+  def steps() -> list[int]:
+    d = os.path.join(cut, "checkpoints")
+    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+  def finish(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    return [o for o, _ in outs]
+
+  reference = pair(ref)
+  procs = pair(cut)
+  t0 = time.time()
+  while not steps():
+    assert all(p.poll() is None for p in procs), [p.stderr.read()[-2000:] for p in procs]
+    assert time.time() - t0 < 600, "no checkpoint"
+    time.sleep(0.05)
+  time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  out0 = finish(procs, 300)[0]
+  m = re.search(r"Stopped by \S+ after step (\d+); checkpoint: (\S+)", out0)
+  assert m and "resume with:" in out0, out0[-2000:]
+  stopped = int(m.group(1))
+  assert stopped in steps() and stopped < 40, (stopped, steps())
+
+  finish(pair(cut))
+  finish(reference)
+  s_cut, state_cut, meta_cut = _latest(os.path.join(cut, "checkpoints"))
+  s_ref, state_ref, meta_ref = _latest(os.path.join(ref, "checkpoints"))
+  assert s_cut == s_ref == 40
+  for a, b in zip(jax.tree.leaves(state_ref), jax.tree.leaves(state_cut), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert meta_cut["history"] == meta_ref["history"]
+  print(f"SIGTERM to process 1 of 2: both stopped after step {stopped}; resumed bit-equal")
