@@ -115,7 +115,10 @@ def write_outputs(
   src = (
     "shipped t10k split" if base.data_source == "shipped" else f"{base.data_source} {base.data_dir}"
   )
-  title = f"H={base.hidden}, rate={base.rate}, {base.optimizer} lr={base.learning_rate} wd={base.weight_decay}, {src}"
+  title = (
+    f"H={base.hidden}, rate={base.rate}, sparseout gradient={base.gradient}, {base.optimizer} "
+    f"lr={base.learning_rate} wd={base.weight_decay}, batch {base.batch_size}, {src}"
+  )
   png = plots.save_panels(
     [
       plots.Panel(
@@ -149,14 +152,14 @@ def write_outputs(
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
   """The final-epoch table: one row per run, then the verdict line."""
-  head = f"{'run':<18}{'q':>6}{'test Hoyer':>12}{'test loss':>11}{'train loss':>12}{'zeros':>8}{'mean h>0':>10}"
+  head = f"{'run':<18}{'q':>6}{'test Hoyer':>12}{'test loss':>11}{'train loss':>12}{'zeros':>8}{'dead':>7}{'mean h>0':>10}"
   lines = [head, "-" * len(head)]
   for name, r in results.items():
     f = r["history"][-1]
     q = f"{r['q']:g}" if r["regularizer"] in ("sparseout", "bridgeout") else "-"
     lines.append(
       f"{name:<18}{q:>6}{f['test_hoyer']:>12.4f}{f['test_loss']:>11.5f}{f['train_loss']:>12.5f}"
-      f"{f['test_frac_zero']:>8.3f}{f['test_mean_active']:>10.3f}"
+      f"{f['test_frac_zero']:>8.3f}{f.get('test_dead_units', float('nan')):>7.3f}{f['test_mean_active']:>10.3f}"
     )
   lines.append(verdict(results)[1])
   return "\n".join(lines)

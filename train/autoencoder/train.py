@@ -138,6 +138,7 @@ def make_steps(
       "frac_zero": jnp.sum((1.0 - jnp.mean(active, axis=-1)) * mask),
       "mean_active": jnp.sum(jnp.sum(h, axis=-1) / jnp.maximum(n_active, 1.0) * mask),
       "count": jnp.sum(mask),
+      "unit_active": jnp.sum(active * mask[:, None], axis=0),  # per hidden unit, for dead units
     }
     return lax.psum(sums, parallel.AXIS)
 
@@ -151,16 +152,20 @@ def evaluate(eval_step, params_rep, images: np.ndarray, batch_size: int) -> dict
   """Clean loss and hidden statistics over ``images`` (this process's slice; summed over all).
 
   Returns:
-    ``{"loss", "hoyer", "frac_zero", "mean_active"}`` averaged over examples.
+    ``{"loss", "hoyer", "frac_zero", "mean_active"}`` averaged over examples, and ``dead_units``:
+    the fraction of hidden units that are zero on every one of the images.
   """
   part = images[data.process_slice(len(images))]
-  total: dict[str, float] = {}
+  total: dict[str, Any] = {}
   for batch, mask in data.iterate_eval({"x": part}, batch_size):
     sums = parallel.unreplicate(eval_step(params_rep, parallel.shard(batch), parallel.shard(mask)))
     for k, v in sums.items():
-      total[k] = total.get(k, 0.0) + float(v)
-  count = total.pop("count")
-  return {k: v / count for k, v in total.items()}
+      total[k] = total.get(k, 0.0) + np.asarray(v, np.float64)
+  count = float(total.pop("count"))
+  unit_active = total.pop("unit_active")
+  out = {k: float(v) / count for k, v in total.items()}
+  out["dead_units"] = float(np.mean(unit_active == 0))
+  return out
 
 
 def weight_norms(params: Any) -> dict[str, float]:
@@ -182,8 +187,8 @@ def train_and_evaluate(
     datasets: preloaded ``{"train", "test"}`` arrays (the sweep loads once); default: from the config.
 
   Returns:
-    ``{"history": [per-epoch dicts], "workdir": str, "skipped_steps": int, "steps": int}``; epoch 0
-    is the untrained model.
+    ``{"history": [per-epoch dicts], "workdir": str, "skipped_steps": int, "steps": int,
+    "final_params": host arrays}``; history[0] is the untrained model (epoch 0).
   """
   validate_config(config)
   if datasets is None:
@@ -287,6 +292,7 @@ def train_and_evaluate(
     "workdir": os.path.abspath(workdir),
     "skipped_steps": nonfinite.skipped,
     "steps": step,
+    "final_params": checkpoint.to_host(parallel.unreplicate(rstate["params"])),
   }
 
 
