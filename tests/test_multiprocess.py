@@ -130,18 +130,8 @@ def _initial(program: str):
   return jax.tree.map(np.asarray, nnx.to_pure_dict(params))
 
 
-LM_DEVICES_BUG = pytest.mark.xfail(
-  reason="train/lm/train.py passes devices=jax.local_devices() to jax.pmap: with "
-  "several processes each pmaps alone (jax: `devices` must list every process's devices), so the "
-  "processes never average gradients; pass devices=None unless config.num_devices is set",
-  strict=False,
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-  "program", ["autoencoder", pytest.param("lm", marks=LM_DEVICES_BUG), "wrn"]
-)
+@pytest.mark.parametrize("program", PROGRAMS)
 def test_two_processes_train_like_one(runs, program) -> None:
   if program not in runs["programs"].split(","):
     pytest.skip(f"{program}: its data is not here")

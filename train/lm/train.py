@@ -310,8 +310,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.replicate(avg, devices),
   )
   r_carry = carry_to_devices(carry_host)
+  # pmap's `devices` must list every process's devices; pass it only for a single-process subset.
+  pmap_devices = devices if config.num_devices else None
   steps = {
-    avg_flag: make_train_step(graphdef, tx, config, avg_flag, devices) for avg_flag in (False, True)
+    avg_flag: make_train_step(graphdef, tx, config, avg_flag, pmap_devices)
+    for avg_flag in (False, True)
   }
   eval_step = make_eval_step(graphdef)
   root_key = jax.random.key(config.seed)
