@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import time
 
@@ -128,6 +129,13 @@ def measure(args: argparse.Namespace, depth: int, width: int) -> dict:
   return out
 
 
+def bootstrap_median_ci(ratios: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+  """95 % percentile-bootstrap interval of the median of per-round ratios (deterministic: fixed seed)."""
+  rng = random.Random(seed)
+  meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(n))
+  return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
+
+
 def to_markdown(results: list[dict], meta: dict) -> str:
   """A results table: median step time, images/s and the sparseout/dropout ratios per model."""
   lines = [
@@ -136,9 +144,10 @@ def to_markdown(results: list[dict], meta: dict) -> str:
     f"Command: `{meta['command']}`  ",
     f"Date: {meta['date']}; JAX {meta['jax']}; {meta['devices']} device(s); synthetic CIFAR-shaped batches.",
     "Ratios are medians of per-round ratios (variants alternate within each round); the machine was shared.",
+    "CIs: 95 % percentile bootstrap of that median over rounds (2000 resamples, seed 0).",
     "",
-    "| model | batch | dtype | variant | median s/step (wall) | images/s | / dropout, wall (median of rounds) | / dropout, wall (ratio of medians) | / dropout, process CPU time (median of rounds) | round ratios min-max (wall) |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "| model | batch | dtype | variant | median s/step (wall) | images/s | / dropout, wall (median of rounds) | / dropout, wall (ratio of medians) | / dropout, process CPU time (median of rounds) | round ratios min-max (wall) | 95% CI wall | 95% CI CPU time |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in results:
     for n, s in r["median_step_s"].items():
@@ -147,9 +156,18 @@ def to_markdown(results: list[dict], meta: dict) -> str:
       b = f"{ratio['ratio_of_medians']:.3f}" if ratio else "1"
       c = f"{ratio['cpu_time_median_of_round_ratios']:.3f}" if ratio else "1"
       spread = f"{min(ratio['round_ratios']):.2f}-{max(ratio['round_ratios']):.2f}" if ratio else ""
+      ci_wall = ci_cpu = ""
+      if ratio:
+        lo, hi = bootstrap_median_ci(ratio["round_ratios"])
+        ci_wall = f"{lo:.3f}-{hi:.3f}"
+        cpu = [
+          x / y for x, y in zip(r["samples_cpu_s"][n], r["samples_cpu_s"]["dropout"], strict=True)
+        ]
+        lo, hi = bootstrap_median_ci(cpu)
+        ci_cpu = f"{lo:.3f}-{hi:.3f}"
       lines.append(
         f"| {r['model']} | {r['batch']} | {r['dtype']} | {n} | {s:.4f} | {r['images_per_s'][n]:.3g} "
-        f"| {a} | {b} | {c} | {spread} |"
+        f"| {a} | {b} | {c} | {spread} | {ci_wall} | {ci_cpu} |"
       )
   return "\n".join(lines) + "\n"
 
