@@ -5,7 +5,7 @@ finish the step, checkpoint, exit 0 and print where to resume), started again an
 step (the last checkpoint is all that survives), and started a third time to the end. Its final
 checkpoint (parameters, Adam moments and count, history of per-epoch metrics) must equal that of a run
 never interrupted, bit for bit: data order, noise keys and the optimizer's schedule state all resume
-exactly.
+exactly. The same holds for the WRN (SIGKILL, resumed across its learning-rate boundary).
 """
 
 from __future__ import annotations
@@ -130,3 +130,47 @@ def test_sigterm_then_sigkill_resume_bit_equal(tmp_path) -> None:
   # Every epoch's evaluation (losses, Hoyer sparsity, kernel norms, noisy training loss) is the same.
   assert meta_ref["history"] == meta_cut["history"], f"seed {seed}"
   print(f"seed {seed}: SIGTERM after step {stopped}, SIGKILL with last checkpoint {last}")
+
+
+@pytest.mark.slow
+def test_wrn_sigkill_resume_crosses_the_lr_boundary_bit_equal(tmp_path) -> None:
+  """WRN tiny (4 steps per epoch, lr x0.2 after epoch 2): SIGKILL at a random step after the first
+  checkpoint, start again; parameters, BN statistics, momentum and history equal an uninterrupted run."""
+  rng = random.Random()
+  seed = rng.randrange(1 << 30)
+  rng.seed(seed)
+  args = ["--config=train/wrn/configs/tiny.py", "--config.num_epochs=6"]
+
+  def start(workdir: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "train.wrn.main", f"--workdir={workdir}", *args]
+    return subprocess.Popen(
+      cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+  reference = start(full)
+  p = start(cut)
+  first = _wait_for_checkpoint_after(p, cut, -1)
+  time.sleep(rng.uniform(0.0, 0.3))
+  p.kill()
+  p.communicate(timeout=60)
+  assert p.returncode == -signal.SIGKILL, f"seed {seed}: finished before the kill"
+  last = max(_steps(cut))
+  assert first <= last < 24, (seed, last)
+  p = start(cut)
+  _, err = p.communicate(timeout=600)
+  assert p.returncode == 0, f"seed {seed}:\n{err[-3000:]}"
+  _, err = reference.communicate(timeout=600)
+  assert reference.returncode == 0, err[-3000:]
+  s_ref, state_ref, meta_ref = _final(full)
+  s_cut, state_cut, meta_cut = _final(cut)
+  assert s_ref == s_cut == 24
+  for (path, a), (_, b) in zip(
+    jax.tree.leaves_with_path(state_ref), jax.tree.leaves_with_path(state_cut), strict=True
+  ):
+    np.testing.assert_array_equal(a, b, err_msg=f"seed {seed}: {jax.tree_util.keystr(path)}")
+  timing = ("images_per_s",)  # wall-clock, differs by nature
+  strip = lambda h: [{k: v for k, v in r.items() if k not in timing} for r in h]  # noqa: E731
+  assert strip(meta_ref["history"]) == strip(meta_cut["history"]), f"seed {seed}"
+  assert meta_ref["history"][-1]["lr"] == pytest.approx(0.1 * 0.2)
+  print(f"seed {seed}: WRN SIGKILL with last checkpoint {last}, resumed bit-equal")
