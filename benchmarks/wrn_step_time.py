@@ -129,6 +129,22 @@ def measure(args: argparse.Namespace, depth: int, width: int) -> dict:
   return out
 
 
+def pipeline_images_per_s(batch: int, batches: int = 100, reps: int = 3) -> list[float]:
+  """Host input pipeline throughput (WRN augmentation + normalisation, one thread) over `reps` epochs' starts."""
+  ds = input_pipeline.synthetic(50000, 10, seed=0)
+  out = []
+  for epoch in range(reps):
+    t0, n = time.perf_counter(), 0
+    for i, b in enumerate(
+      input_pipeline.train_batches(ds, global_batch=batch, seed=0, epoch=epoch)
+    ):
+      n += len(b["label"])
+      if i + 1 == batches:
+        break
+    out.append(n / (time.perf_counter() - t0))
+  return out
+
+
 def bootstrap_median_ci(ratios: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
   """95 % percentile-bootstrap interval of the median of per-round ratios (deterministic: fixed seed)."""
   rng = random.Random(seed)
@@ -185,12 +201,24 @@ def main() -> None:
   p.add_argument("--cost_analysis", action="store_true", help="XLA FLOPs per step (compiles twice)")
   p.add_argument("--out", default="benchmarks/results")
   p.add_argument("--suffix", default="", help="appended to the results file name")
+  p.add_argument(
+    "--pipeline", action="store_true", help="only time the host input pipeline at --batch"
+  )
   args = p.parse_args()
   if args.peak_tflops:
     args.cost_analysis = True
   for v in args.variants.split(","):
     if v not in VARIANTS:
       p.error(f"--variants: unknown {v!r}; choose from {tuple(VARIANTS)}")
+  if args.pipeline:
+    ips = pipeline_images_per_s(args.batch)
+    print(json.dumps({"pipeline_images_per_s": ips, "median": statistics.median(ips)}), flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f"wrn_input_pipeline{args.suffix}.json"), "w") as f:
+      json.dump(
+        {"batch": args.batch, "images_per_s": ips, "median": statistics.median(ips)}, f, indent=1
+      )
+    return
   results = []
   for m in args.models.split(","):
     depth, width = (int(x) for x in m.split("-"))
