@@ -74,3 +74,37 @@ def test_sweep_command_line(tmp_path):
   assert p.returncode == 0, p.stderr[-3000:]
   assert "ORDERING" in p.stdout and f"plot: {tmp_path}" in p.stdout
   assert os.path.exists(tmp_path / "figure1.png")
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_exits_0_and_resumes(tmp_path):
+  """SIGTERM mid-run: the step finishes, a checkpoint is written, exit 0 with a resume line; rerun completes."""
+  import signal
+  import time
+
+  cmd = [
+    sys.executable,
+    "-m",
+    "train.autoencoder.main",
+    f"--workdir={tmp_path}",
+    "--config.hidden=64",
+    "--config.num_epochs=400",
+    "--config.progress=False",
+  ]
+  p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while (
+    not (tmp_path / "metrics.jsonl").exists()
+    or len(open(tmp_path / "metrics.jsonl").readlines()) < 2
+  ):
+    assert time.time() < deadline and p.poll() is None, "training did not start"
+    time.sleep(0.5)
+  p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=300)
+  assert p.returncode == 0, err[-2000:]
+  assert "resume with:" in out and "-m train.autoencoder.main" in out
+  step = int(out.split("after step ")[1].split(";")[0])
+  assert (tmp_path / "checkpoints" / str(step)).is_dir()
+  cmd[5] = "--config.num_epochs=2"  # resume, and finish quickly: the run is already past epoch 1
+  r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]

@@ -101,3 +101,20 @@ def test_process_slice_and_eval_padding():
   batches = list(data.iterate_eval({"x": np.arange(10.0)}, 4))
   assert [b["x"].shape for b, _ in batches] == [(4,)] * 3
   assert sum(m.sum() for _, m in batches) == 10
+
+
+def test_distributed_single_process_and_partial_config_error(monkeypatch):
+  from train.common import distributed
+
+  for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(var, raising=False)
+  info = distributed.initialize()
+  assert (
+    info.process_count == 1 and info.is_main and info.local_device_count == jax.local_device_count()
+  )
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
+  with pytest.raises(ValueError, match="process_id"):
+    distributed.initialize()
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES"):
+    distributed.initialize()
