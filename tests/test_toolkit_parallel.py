@@ -101,6 +101,12 @@ def test_process_slice_and_eval_padding():
   batches = list(data.iterate_eval({"x": np.arange(10.0)}, 4))
   assert [b["x"].shape for b, _ in batches] == [(4,)] * 3
   assert sum(m.sum() for _, m in batches) == 10
+  # multi-process eval: every process runs the same number of batches, even with uneven slices
+  n = data.eval_num_batches(2001, 1000, process_count=2)
+  assert n == 2
+  for p in range(2):
+    part = np.arange(2001.0)[data.process_slice(2001, p, 2)]
+    assert len(list(data.iterate_eval({"x": part}, 1000, num_batches=n))) == n
 
 
 def test_distributed_single_process_and_partial_config_error(monkeypatch):

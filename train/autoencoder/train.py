@@ -157,7 +157,8 @@ def evaluate(eval_step, params_rep, images: np.ndarray, batch_size: int) -> dict
   """
   part = images[data.process_slice(len(images))]
   total: dict[str, Any] = {}
-  for batch, mask in data.iterate_eval({"x": part}, batch_size):
+  n_batches = data.eval_num_batches(len(images), batch_size)
+  for batch, mask in data.iterate_eval({"x": part}, batch_size, num_batches=n_batches):
     sums = parallel.unreplicate(eval_step(params_rep, parallel.shard(batch), parallel.shard(mask)))
     for k, v in sums.items():
       total[k] = total.get(k, 0.0) + np.asarray(v, np.float64)

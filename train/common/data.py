@@ -119,12 +119,30 @@ def pad_batch(
 
 
 def iterate_eval(
-  arrays: Mapping[str, np.ndarray], batch_size: int
+  arrays: Mapping[str, np.ndarray], batch_size: int, *, num_batches: int | None = None
 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
   """Yield fixed-size ``(batch, mask)`` pairs covering every row of ``arrays`` once (last one padded).
 
   Fixed shapes mean one compilation; weight per-example results by ``mask`` and divide by its sum.
+
+  Args:
+    arrays: name -> array with a common leading length.
+    batch_size: rows per batch.
+    num_batches: yield exactly this many batches, adding all-padding ones at the end (every process
+      of a multi-process eval must run the same number of collective steps); see
+      :func:`eval_num_batches`.
   """
   n = len(next(iter(arrays.values())))
-  for start in range(0, n, batch_size):
+  count = -(-n // batch_size) if num_batches is None else num_batches
+  if count * batch_size < n:
+    raise ValueError(f"num_batches={num_batches} x {batch_size} does not cover the {n} rows")
+  for i in range(count):
+    start = i * batch_size
     yield pad_batch({k: v[start : start + batch_size] for k, v in arrays.items()}, batch_size)
+
+
+def eval_num_batches(num_examples: int, batch_size: int, process_count: int | None = None) -> int:
+  """Batches every process runs in a sharded eval: enough for the largest :func:`process_slice`."""
+  n_proc = jax.process_count() if process_count is None else process_count
+  largest = (num_examples + n_proc - 1) // n_proc
+  return (largest + batch_size - 1) // batch_size
