@@ -14,7 +14,8 @@ WT2 = os.path.join(DATA, "wikitext-2")
 
 def _need(path):
   if not os.path.isdir(path):
-    pytest.skip(f"{path} not present")
+    # The data sits beside the checkout (../shared/data), in CI too: missing data is a failure.
+    pytest.fail(f"{path} not present: expected ../shared/data beside the checkout")
 
 
 @pytest.fixture(scope="module")

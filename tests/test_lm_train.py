@@ -43,7 +43,7 @@ def _quiet(monkeypatch):
 
 def test_loss_falls_on_real_ptb_slice(tmp_path):
   if not os.path.isdir(PTB):
-    pytest.skip("no PTB")
+    pytest.fail(f"no PTB at {PTB} (expected ../shared/data beside the checkout)")
   c = _config(num_devices=1, variable_bptt=False, num_epochs=2, max_eval_tokens=1000)
   res = train.train_and_evaluate(c, str(tmp_path))
   hist = json.load(open(tmp_path / "results.json"))["history"]
@@ -58,7 +58,7 @@ def test_loss_falls_on_real_ptb_slice(tmp_path):
 
 def test_four_device_pmap_matches_single_device_without_regularisation(tmp_path):
   if not os.path.isdir(PTB) or jax.local_device_count() < 4:
-    pytest.skip("needs PTB and 4 CPU devices (tests/conftest.py)")
+    pytest.fail("needs PTB (../shared/data) and 4 CPU devices (tests/conftest.py sets 8)")
   off = dict(rate_e=0.0, rate_i=0.0, rate_h=0.0, rate_o=0.0, rate_w=0.0)
   kw = dict(variable_bptt=False, num_epochs=1, max_steps_per_epoch=6, max_eval_tokens=300, **off)
   c1, c4 = _config(num_devices=1, **kw), _config(num_devices=4, **kw)
@@ -81,7 +81,7 @@ def test_four_device_pmap_matches_single_device_without_regularisation(tmp_path)
 @pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
   if not os.path.isdir(PTB):
-    pytest.skip("no PTB")
+    pytest.fail(f"no PTB at {PTB} (expected ../shared/data beside the checkout)")
   kw = dict(num_devices=2, num_epochs=2, max_steps_per_epoch=7, max_eval_tokens=300)
   c = _config(**kw)
   train.train_and_evaluate(c, str(tmp_path / "full"))

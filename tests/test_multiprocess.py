@@ -134,7 +134,7 @@ def _initial(program: str):
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_two_processes_train_like_one(runs, program) -> None:
   if program not in runs["programs"].split(","):
-    pytest.skip(f"{program}: its data is not here")
+    pytest.fail(f"{program}: its data is not here (PTB is expected at {PTB})")
   bit_equal = _probe(runs["one"]) == _probe(runs["two"])
   s1, state1, meta1 = _latest(os.path.join(runs["one"], program, "checkpoints"))
   s2, state2, meta2 = _latest(os.path.join(runs["two"], program, "checkpoints"))

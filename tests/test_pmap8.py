@@ -25,7 +25,7 @@ PTB = os.path.join(REPO, "..", "shared", "data", "ptb")
 def eight():
   devs = jax.local_devices()
   if len(devs) < 8:
-    pytest.skip("needs the 8 CPU devices of tests/conftest.py")
+    pytest.fail("needs the 8 CPU devices of tests/conftest.py")
   return devs[:8]
 
 
@@ -69,7 +69,7 @@ def test_autoencoder_pmap_over_8_devices(eight) -> None:
 @pytest.mark.slow
 def test_lm_pmap_over_8_devices_matches_one(eight, tmp_path) -> None:
   if not os.path.isdir(PTB):
-    pytest.skip("no PTB")
+    pytest.fail("no PTB (expected ../shared/data beside the checkout)")
   from train.common import checkpoint
   from train.lm import train
   from train.lm.configs import tiny

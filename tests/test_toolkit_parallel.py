@@ -15,7 +15,7 @@ N_DEV = 4
 def devices():
   devs = jax.local_devices()
   if len(devs) < N_DEV:
-    pytest.skip(f"needs {N_DEV} CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count)")
+    pytest.fail(f"needs {N_DEV} CPU devices (tests/conftest.py sets XLA_FLAGS)")
   return devs[:N_DEV]
 
 
