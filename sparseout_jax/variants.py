@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jax import random
 
 from sparseout_jax import _validate
-from sparseout_jax.core import sparseout, sparseout_with_mask
+from sparseout_jax.core import _noise, sparseout, sparseout_with_mask
 
 
 def embedding_sparseout(
@@ -132,7 +132,7 @@ def bridgeout_dense(
     return x @ jnp.zeros_like(kernel)
   shape = ((x.shape[0],) if per_example else ()) + kernel.shape
   mask = random.bernoulli(rng, 1.0 - p, shape)
-  eta = jnp.where(mask, p / (1.0 - p), -1.0).astype(kernel.dtype)
+  eta = _noise(mask, p, kernel.dtype)
   w = kernel + jnp.abs(kernel) ** (q / 2) * eta
   if per_example:
     return jnp.einsum("bi,bio->bo", x, w)
