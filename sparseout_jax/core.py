@@ -114,7 +114,9 @@ def _op(exact: bool, residual: str, p: float | None, q: float | None, shape: tup
 
   def op(x, src, p_arg, q_arg):
     if residual == "key":
-      src = draw_mask(src, 1.0 - (p if p is not None else p_arg), x, shape)
+      # The backward pass redraws this mask from the same key: a clone tells the key-reuse
+      # checker that the second draw is the deliberate replay of the first, not a reuse.
+      src = draw_mask(random.clone(src), 1.0 - (p if p is not None else p_arg), x, shape)
     return f(x, src, p_arg, q_arg)
 
   return jax.checkpoint(op)

@@ -53,7 +53,7 @@ def _as_nested_dict(tree: Any) -> Mapping:
   if isinstance(tree, nnx.Module):
     tree = nnx.state(tree, nnx.Intermediate)
   if isinstance(tree, nnx.State):
-    return tree.to_pure_dict()
+    return nnx.to_pure_dict(tree)
   if isinstance(tree, Mapping):
     return tree
   raise TypeError(
