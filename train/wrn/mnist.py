@@ -3,7 +3,7 @@
 For the WRN's sparsity study (issue 12), not a CIFAR substitute: 28 x 28 greyscale digits padded
 with 2 black pixels on each side and repeated over 3 channels, so the CIFAR pipeline (normalisation,
 crop, flip) and model run unchanged. Split as the autoencoder does: the first 8,000 train, the last
-2,000 test.
+2,000 test (a study may take fewer of each).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ FILES = {
     8,
   ),
 }
-TRAIN_SIZE = 8000
+TRAIN_SIZE, TEST_SIZE = 8000, 2000
 
 
 def _read(kind: str, folder: pathlib.Path) -> np.ndarray:
@@ -43,7 +43,7 @@ def _read(kind: str, folder: pathlib.Path) -> np.ndarray:
 
 
 def load_mnist32(
-  folder: str | None = None, train_size: int = TRAIN_SIZE
+  folder: str | None = None, train_size: int = TRAIN_SIZE, test_size: int = TEST_SIZE
 ) -> dict[str, ArrayDataset]:
   """The shipped digits as ``{"train", "test"}`` ArrayDatasets of uint8 (N, 32, 32, 3) images.
 
@@ -51,7 +51,8 @@ def load_mnist32(
 
   Args:
     folder: where the two t10k ``.gz`` files are (default: the repository's ``data/mnist``).
-    train_size: how many of the first images train (at most 8,000); the last 2,000 always test.
+    train_size: how many of the first 8,000 images train.
+    test_size: how many of the last 2,000 images test.
 
   Returns:
     The train and test splits, 10 classes.
@@ -62,6 +63,8 @@ def load_mnist32(
   """
   if not 0 < train_size <= TRAIN_SIZE:
     raise ValueError(f"train_size must be in [1, {TRAIN_SIZE}], got {train_size}")
+  if not 0 < test_size <= TEST_SIZE:
+    raise ValueError(f"test_size must be in [1, {TEST_SIZE}], got {test_size}")
   d = pathlib.Path(folder) if folder else SHIPPED_DIR
   digits = _read("images", d).reshape(-1, 28, 28)
   labels = _read("labels", d).astype(np.int32)
@@ -69,5 +72,5 @@ def load_mnist32(
   images[:, 2:30, 2:30, :] = digits[..., None]
   return {
     "train": ArrayDataset(images[:train_size], labels[:train_size], 10),
-    "test": ArrayDataset(images[TRAIN_SIZE:], labels[TRAIN_SIZE:], 10),
+    "test": ArrayDataset(images[-test_size:], labels[-test_size:], 10),
   }

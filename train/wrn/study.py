@@ -179,7 +179,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   from train.wrn import mnist, train
 
   study = config.study
-  data = mnist.load_mnist32(train_size=int(study.train_size))
+  data = mnist.load_mnist32(train_size=int(study.train_size), test_size=int(study.test_size))
   runs: dict[str, list[dict[str, Any]]] = {}
   for cond in st.conditions(study.conditions):
     name, _ = st.parse_condition(cond)
@@ -193,7 +193,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
         json.dump(sparsity, f, indent=1)
       runs.setdefault(name, []).append(read_run(wd))
   title = (
-    f"WRN-{config.depth}-{config.width} on MNIST 32x32 ({study.train_size} train / 2000 test), "
+    f"WRN-{config.depth}-{config.width} on MNIST 32x32 ({study.train_size} train / "
+    f"{study.test_size} test), batch {config.batch_size}, "
     f"{config.num_epochs} epochs, rate {config.rate:g}, gradient={config.gradient}, "
     f"seeds {tuple(study.seeds)}"
   )
@@ -212,6 +213,9 @@ def main(argv: list[str]) -> None:
   """Run the study; print the table and where the outputs went."""
   del argv
   logging.set_verbosity(logging.WARNING)
+  # Every seed of a condition compiles the same steps: cache them on disk (and across reruns).
+  jax.config.update("jax_compilation_cache_dir", os.path.join(FLAGS.workdir, "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   out = run_study(FLAGS.config, FLAGS.workdir)
   print(out["title"] + "\n\n" + out["table"] + "\n")
   for kind, path in out["paths"].items():
