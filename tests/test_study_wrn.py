@@ -94,9 +94,10 @@ def test_tiny_study_end_to_end(tmp_path):
     errors, hoyer, zeros = [], [], []
     for seed in (0, 1):
       wd = tmp_path / "runs" / f"{name}_s{seed}"
-      rows = [r for r in metrics_lib.read_jsonl(wd / "metrics.jsonl") if "test_error" in r]
+      rows = metrics_lib.read_jsonl(wd / "metrics.jsonl")
+      rows = [r for r in rows if "test_error" in r or "eval/error" in r]
       assert [r["epoch"] for r in rows] == [1]
-      errors.append(rows[-1]["test_error"])
+      errors.append(rows[-1].get("test_error", rows[-1].get("eval/error")))
       sp = study.read_run(str(wd))["sparsity"]
       hoyer.append(sp["block2"]["hoyer"])
       zeros.append(sp["block0"]["zero_fraction"])
