@@ -87,9 +87,9 @@ def _cells(table: str, first: str) -> list[str]:
 @pytest.mark.slow
 def test_tiny_study_end_to_end(tmp_path):
   out = study.run_study(study_tiny.get_config(), str(tmp_path))
-  for kind in ("plot", "table", "json"):
+  for kind in ("plot", "wrn", "json"):
     assert os.path.getsize(out["paths"][kind]) > 300, kind
-  table = open(out["paths"]["table"]).read()
+  table = open(out["paths"]["wrn"]).read()
   for name in ("none", "sparseout_q1.5"):
     errors, hoyer, zeros = [], [], []
     for seed in (0, 1):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,20 @@ def parse_condition(spec: str) -> tuple[str, float | None]:
 def conditions(specs: str) -> list[str]:
   """The comma-separated condition specs of a study config, blanks dropped."""
   return [c.strip() for c in str(specs).split(",") if c.strip()]
+
+
+def each_run(study: Any, workdir: str) -> Iterator[tuple[str, str, int, str]]:
+  """Every (condition, seed) of a study config, condition-major, announced on stdout.
+
+  Yields:
+    ``(condition spec, run name, seed, run folder <workdir>/runs/<name>_s<seed>)``.
+  """
+  for cond in conditions(study.conditions):
+    name, _ = parse_condition(cond)
+    for seed in study.seeds:
+      wd = os.path.join(workdir, "runs", f"{name}_s{seed}")
+      print(f"[{name} seed {seed}] {wd}", flush=True)
+      yield cond, name, int(seed), wd
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -89,3 +103,31 @@ def append_jsonl(path: str, row: Mapping[str, Any]) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "a") as f:
     f.write(json.dumps(dict(row)) + "\n")
+
+
+def write_texts_and_record(
+  workdir: str, texts: Mapping[str, str], record: Mapping[str, Any]
+) -> dict[str, str]:
+  """Write each text to ``<workdir>/<name>.md`` and ``record`` to ``<workdir>/study.json``.
+
+  Returns:
+    ``{name: absolute path, ..., "json": absolute path}``.
+  """
+  paths = {}
+  for name, text in texts.items():
+    paths[name] = os.path.abspath(os.path.join(workdir, f"{name}.md"))
+    with open(paths[name], "w") as f:
+      f.write(text + "\n")
+  paths["json"] = os.path.abspath(os.path.join(workdir, "study.json"))
+  with open(paths["json"], "w") as f:
+    json.dump(dict(record), f, indent=1, default=str)
+  return paths
+
+
+def use_compile_cache(workdir: str) -> None:
+  """Keep compiled steps on disk under ``<workdir>/jax_cache``: a study's seeds and chunks of one
+  condition compile the same programs, and a resumed study compiles nothing again."""
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

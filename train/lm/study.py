@@ -22,7 +22,6 @@ vector's mass sits in few units), the exact-zero fraction (about 0 without ReLUs
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -40,10 +39,6 @@ from train.common import checkpoint as ckpt_lib
 from train.common import metrics as metrics_lib
 from train.common import plots
 from train.common import study as st
-
-flags.DEFINE_string("workdir", "runs/lm_study", "Output folder of the study.")
-config_flags.DEFINE_config_file("config", "train/lm/configs/study.py", "Study config file.")
-FLAGS = flags.FLAGS
 
 NEAR_ZERO = 0.01  # |a| below this counts as a near-zero unit
 STATS = ("hoyer", "zero_fraction", "near_zero_fraction", "mean_abs")
@@ -287,28 +282,18 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   rate = min(search, key=search.get)
   print(f"search: best valid ppl per dropout rate {search}; using rate {rate:g}", flush=True)
   runs: dict[str, list[dict[str, Any]]] = {}
-  for cond in st.conditions(study.conditions):
-    name, _ = st.parse_condition(cond)
-    for seed in study.seeds:
-      wd = os.path.join(workdir, "runs", f"{name}_s{seed}")
-      print(f"[{name} seed {seed}] {wd}", flush=True)
-      train_with_sparsity(run_config(config, cond, rate, seed), wd, study.sparsity_every, data)
-      runs.setdefault(name, []).append(read_run(wd))
+  for cond, name, seed, wd in st.each_run(study, workdir):
+    train_with_sparsity(run_config(config, cond, rate, seed), wd, study.sparsity_every, data)
+    runs.setdefault(name, []).append(read_run(wd))
   title = (
     f"PTB first {config.max_train_tokens} train tokens, LM {config.emb_size}/{config.hidden_size}"
     f"x{config.num_layers}, rate {rate:g} on i,h,o, gradient={config.gradient}, "
     f"seeds {tuple(study.seeds)}"
   )
   tables = {"perplexity": perplexity_table(runs), "sparsity": sparsity_table(runs)}
-  paths = write_plots(runs, workdir, title)
-  for kind, text in tables.items():
-    paths[kind] = os.path.abspath(os.path.join(workdir, f"{kind}.md"))
-    with open(paths[kind], "w") as f:
-      f.write(text + "\n")
   out = {"rate": rate, "search": search, "runs": runs, "title": title}
-  paths["json"] = os.path.abspath(os.path.join(workdir, "study.json"))
-  with open(paths["json"], "w") as f:
-    json.dump(dict(out, config=config.to_dict()), f, indent=1, default=str)
+  paths = write_plots(runs, workdir, title)
+  paths |= st.write_texts_and_record(workdir, tables, dict(out, config=config.to_dict()))
   return dict(out, tables=tables, paths=paths)
 
 
@@ -316,10 +301,8 @@ def main(argv: list[str]) -> None:
   """Run the study; print the tables and where the outputs went."""
   del argv
   logging.set_verbosity(logging.WARNING)
-  # Each chunk of a run, and each seed of a condition, compiles the same steps: cache them on disk.
-  jax.config.update("jax_compilation_cache_dir", os.path.join(FLAGS.workdir, "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  out = run_study(FLAGS.config, FLAGS.workdir)
+  st.use_compile_cache(flags.FLAGS.workdir)
+  out = run_study(flags.FLAGS.config, flags.FLAGS.workdir)
   print(out["title"], f"\nsearch (dropout rate -> best valid ppl): {out['search']}\n")
   for text in out["tables"].values():
     print(text + "\n")
@@ -328,4 +311,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  # Flags are defined here, not at import, so tests can import both studies (and the sweep).
+  flags.DEFINE_string("workdir", "runs/lm_study", "Output folder of the study.")
+  config_flags.DEFINE_config_file("config", "train/lm/configs/study.py", "Study config file.")
   app.run(main)

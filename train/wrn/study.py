@@ -30,10 +30,6 @@ from train.common import metrics as metrics_lib
 from train.common import plots
 from train.common import study as st
 
-flags.DEFINE_string("workdir", "runs/wrn_study", "Output folder of the study.")
-config_flags.DEFINE_config_file("config", "train/wrn/configs/study_mnist.py", "Study config file.")
-FLAGS = flags.FLAGS
-
 STATS = ("hoyer", "zero_fraction", "mean")
 
 
@@ -189,17 +185,13 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   study = config.study
   data = mnist.load_mnist32(train_size=int(study.train_size), test_size=int(study.test_size))
   runs: dict[str, list[dict[str, Any]]] = {}
-  for cond in st.conditions(study.conditions):
-    name, _ = st.parse_condition(cond)
-    for seed in study.seeds:
-      wd = os.path.join(workdir, "runs", f"{name}_s{seed}")
-      print(f"[{name} seed {seed}] {wd}", flush=True)
-      cfg = run_config(config, cond, seed)
-      out = train.train_and_evaluate(cfg, wd, datasets=data)
-      sparsity = measure_sparsity(cfg, out["params"], out["batch_stats"], data["test"])
-      with open(os.path.join(wd, "sparsity.json"), "w") as f:
-        json.dump(sparsity, f, indent=1)
-      runs.setdefault(name, []).append(read_run(wd))
+  for cond, name, seed, wd in st.each_run(study, workdir):
+    cfg = run_config(config, cond, seed)
+    out = train.train_and_evaluate(cfg, wd, datasets=data)
+    sparsity = measure_sparsity(cfg, out["params"], out["batch_stats"], data["test"])
+    with open(os.path.join(wd, "sparsity.json"), "w") as f:
+      json.dump(sparsity, f, indent=1)
+    runs.setdefault(name, []).append(read_run(wd))
   title = (
     f"WRN-{config.depth}-{config.width} on MNIST 32x32 ({study.train_size} train / "
     f"{study.test_size} test), batch {config.batch_size}, "
@@ -208,12 +200,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   )
   table = results_table(runs)
   paths = {"plot": write_plot(runs, workdir, title)}
-  paths["table"] = os.path.abspath(os.path.join(workdir, "wrn.md"))
-  with open(paths["table"], "w") as f:
-    f.write(table + "\n")
-  paths["json"] = os.path.abspath(os.path.join(workdir, "study.json"))
-  with open(paths["json"], "w") as f:
-    json.dump({"title": title, "runs": runs, "config": config.to_dict()}, f, indent=1, default=str)
+  record = {"title": title, "runs": runs, "config": config.to_dict()}
+  paths |= st.write_texts_and_record(workdir, {"wrn": table}, record)
   return {"runs": runs, "table": table, "title": title, "paths": paths}
 
 
@@ -221,14 +209,17 @@ def main(argv: list[str]) -> None:
   """Run the study; print the table and where the outputs went."""
   del argv
   logging.set_verbosity(logging.WARNING)
-  # Every seed of a condition compiles the same steps: cache them on disk (and across reruns).
-  jax.config.update("jax_compilation_cache_dir", os.path.join(FLAGS.workdir, "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  out = run_study(FLAGS.config, FLAGS.workdir)
+  st.use_compile_cache(flags.FLAGS.workdir)
+  out = run_study(flags.FLAGS.config, flags.FLAGS.workdir)
   print(out["title"] + "\n\n" + out["table"] + "\n")
   for kind, path in out["paths"].items():
     print(f"{kind}: {path}")
 
 
 if __name__ == "__main__":
+  # Flags are defined here, not at import, so tests can import both studies (and the sweep).
+  flags.DEFINE_string("workdir", "runs/wrn_study", "Output folder of the study.")
+  config_flags.DEFINE_config_file(
+    "config", "train/wrn/configs/study_mnist.py", "Study config file."
+  )
   app.run(main)
