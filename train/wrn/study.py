@@ -142,35 +142,44 @@ def results_table(runs: dict[str, list[dict[str, Any]]]) -> str:
   return st.markdown_table(head, rows)
 
 
-def write_plot(runs: dict[str, list[dict[str, Any]]], workdir: str, title: str) -> str:
-  """wrn.png: per-block Hoyer against q (dropout at q = 2, no noise as a flat line), and test error."""
-  blocks = list(next(iter(runs.values()))[0]["sparsity"])
-  qs = {n: (2.0 if n == "dropout" else float(n.split("_q")[1])) for n in runs if n != "none"}
-  order = sorted((q, n) for n, q in qs.items() if n != "dropout")
-  hoyer, err = {}, {}
-  for b in blocks:
-    y = [st.mean_std([r["sparsity"][b]["hoyer"] for r in runs[n]])[0] for _, n in order]
-    hoyer[f"sparseout {b}"] = ([q for q, _ in order], y)
-  for n in ("dropout", "none"):
-    if n in runs:
-      for b in blocks:
-        m = st.mean_std([r["sparsity"][b]["hoyer"] for r in runs[n]])[0]
-        xs = [2.0] if n == "dropout" else [order[0][0], order[-1][0]] if order else [2.0]
-        hoyer[f"{n} {b}"] = (xs, [m] * len(xs))
-  err["sparseout"] = (
-    [q for q, _ in order],
-    [st.mean_std([r["test_error"][-1] for r in runs[n]])[0] for _, n in order],
+def _against_q(runs: dict[str, list[dict[str, Any]]], value) -> dict[str, tuple[list, list]]:
+  """Series of ``value(run)`` against q: mean, min and max over seeds (dropout is q = 2), and the
+  no-noise mean as a flat line."""
+  qs = sorted(
+    (2.0 if n == "dropout" else float(n.removeprefix("sparseout_q")), n)
+    for n in runs
+    if n != "none"
   )
-  for n in ("dropout", "none"):
-    if n in runs:
-      err[n] = ([2.0], [st.mean_std([r["test_error"][-1] for r in runs[n]])[0]])
+  x = [q for q, _ in qs]
+  per_q = [[value(r) for r in runs[n]] for _, n in qs]
+  series = {
+    "sparseout / dropout at q=2 (mean)": (x, [st.mean_std(v)[0] for v in per_q]),
+    "min over seeds": (x, [min(v) for v in per_q]),
+    "max over seeds": (x, [max(v) for v in per_q]),
+  }
+  if "none" in runs and x:
+    m = st.mean_std([value(r) for r in runs["none"]])[0]
+    series["no noise (mean)"] = ([x[0], x[-1]], [m, m])
+  return series
+
+
+def write_plot(runs: dict[str, list[dict[str, Any]]], workdir: str, title: str) -> str:
+  """wrn.png: one panel per block (test Hoyer against q) and one of the test error against q."""
+  blocks = list(next(iter(runs.values()))[0]["sparsity"])
+  panels = [
+    plots.Panel(
+      _against_q(runs, lambda r, b=b: r["sparsity"][b]["hoyer"]),
+      "q",
+      "test Hoyer over channels",
+      f"{b}: input of its noise layer",
+    )
+    for b in blocks
+  ]
+  panels.append(
+    plots.Panel(_against_q(runs, lambda r: r["test_error"][-1]), "q", "test error %", "Test error")
+  )
   return plots.save_panels(
-    [
-      plots.Panel(hoyer, "q", "test Hoyer over channels (mean over seeds)", "Per-block sparsity"),
-      plots.Panel(err, "q", "test error % (mean over seeds)", "Test error"),
-    ],
-    os.path.join(workdir, "wrn.png"),
-    suptitle=title,
+    panels, os.path.join(workdir, "wrn.png"), suptitle=title, ncols=min(len(panels), 2)
   )
 
 
@@ -186,11 +195,12 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   data = mnist.load_mnist32(train_size=int(study.train_size), test_size=int(study.test_size))
   runs: dict[str, list[dict[str, Any]]] = {}
   for cond, name, seed, wd in st.each_run(study, workdir):
-    cfg = run_config(config, cond, seed)
-    out = train.train_and_evaluate(cfg, wd, datasets=data)
-    sparsity = measure_sparsity(cfg, out["params"], out["batch_stats"], data["test"])
-    with open(os.path.join(wd, "sparsity.json"), "w") as f:
-      json.dump(sparsity, f, indent=1)
+    if not os.path.exists(os.path.join(wd, "sparsity.json")):  # else the run is complete
+      cfg = run_config(config, cond, seed)
+      out = train.train_and_evaluate(cfg, wd, datasets=data)
+      sparsity = measure_sparsity(cfg, out["params"], out["batch_stats"], data["test"])
+      with open(os.path.join(wd, "sparsity.json"), "w") as f:
+        json.dump(sparsity, f, indent=1)
     runs.setdefault(name, []).append(read_run(wd))
   title = (
     f"WRN-{config.depth}-{config.width} on MNIST 32x32 ({study.train_size} train / "
