@@ -24,8 +24,8 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
+import sparseout_jax
 from models.wrn import WideResNet
-from sparseout_jax import hoyer_sparsity
 from train.common import metrics as metrics_lib
 from train.common import plots
 from train.common import study as st
@@ -68,13 +68,13 @@ def block_activations(model: WideResNet, x: jax.Array) -> dict[str, jax.Array]:
 
 @jax.jit
 def _batch_sums(graphdef, params, batch_stats, x):
+  """Per block, the batch's statistics times its size (every image has the same number of pixels,
+  so batch means weighted by batch size add up to the per-image mean)."""
   acts = block_activations(nnx.merge(graphdef, params, batch_stats), x)
+  n = x.shape[0]
   return {
-    k: {
-      "hoyer": jnp.sum(hoyer_sparsity(a)) / a.shape[1] / a.shape[2],
-      "zero_fraction": jnp.mean(a == 0, axis=(1, 2, 3)).sum(),
-      "mean": jnp.mean(a, axis=(1, 2, 3)).sum(),
-    }
+    k: {key: v * n for key, v in sparseout_jax.sparsity_stats(a).items()}
+    | {"mean": jnp.mean(a) * n}
     for k, a in acts.items()
   }
 
