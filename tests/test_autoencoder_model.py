@@ -41,8 +41,8 @@ def test_q2_sweep_curve_equals_dropout(small_data, tmp_path):
     cfg = _config(regularizer=reg, q=2.0, num_epochs=1)
     runs[reg] = train.train_and_evaluate(cfg, str(tmp_path / reg), datasets=small_data)["history"]
   for a, b in zip(runs["dropout"], runs["sparseout"], strict=True):
-    for k in ("test_hoyer", "test_loss", "train_loss", "train_loss_noisy", "enc_kernel_norm"):
-      assert a[k] == b[k], (k, a[k], b[k])
+    for k in ("eval/hoyer", "eval/loss", "eval/train_loss", "epoch/train_loss", "epoch/enc_kernel_norm"):
+      assert a.get(k) == b.get(k), (k, a.get(k), b.get(k))
 
 
 def test_loss_falls_and_sparseout_q1_sparser_than_q3(small_data, tmp_path):
@@ -51,12 +51,12 @@ def test_loss_falls_and_sparseout_q1_sparser_than_q3(small_data, tmp_path):
     cfg = _config(regularizer="sparseout", q=q, num_epochs=2, learning_rate=3e-3)
     hist[q] = train.train_and_evaluate(cfg, str(tmp_path / str(q)), datasets=small_data)["history"]
   for h in hist.values():
-    losses = [row["test_loss"] for row in h]
+    losses = [row["eval/loss"] for row in h]
     assert (
       all(b < a for a, b in zip(losses, losses[1:], strict=False)) and losses[-1] < 0.7 * losses[0]
     )
-    assert h[-1]["train_loss"] < h[1]["train_loss"]
-  assert hist[1.0][-1]["test_hoyer"] > hist[3.0][-1]["test_hoyer"]
+    assert h[-1]["eval/train_loss"] < h[1]["eval/train_loss"]
+  assert hist[1.0][-1]["eval/hoyer"] > hist[3.0][-1]["eval/hoyer"]
 
 
 def test_resume_after_stop_is_bit_exact(small_data, tmp_path):

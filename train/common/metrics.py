@@ -72,8 +72,12 @@ class MetricsWriter:
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = os.path.join(os.fspath(workdir), filename)
     self._tb = None
+    self.rows = 0
     if not self.enabled:
       return
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        self.rows = sum(1 for line in f if line.strip())
     os.makedirs(os.fspath(workdir), exist_ok=True)
     if tensorboard:
       from tensorboardX import SummaryWriter
@@ -94,11 +98,26 @@ class MetricsWriter:
     with open(self.path, "a") as f:
       # NaN/inf are written as JSON strings so every line stays valid JSON.
       f.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
+    self.rows += 1
     if self._tb is not None:
       for k, v in row.items():
         if k not in ("step", "time") and isinstance(v, (int, float)):
           self._tb.add_scalar(k, v, int(step))
       self._tb.flush()
+
+  def truncate(self, rows: int) -> None:
+    """Keep only the first ``rows`` rows of ``metrics.jsonl`` (those a resumed checkpoint had seen).
+
+    A run killed after writing rows that no checkpoint recorded replays those steps on restart;
+    cutting the log back to the checkpoint's count keeps every step and epoch in it once.
+    """
+    if not self.enabled or self.rows <= rows:
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if line.strip()][:rows]
+    with open(self.path, "w") as f:
+      f.writelines(kept)
+    self.rows = len(kept)
 
   def close(self) -> None:
     """Flush and close the TensorBoard writer."""
