@@ -41,7 +41,13 @@ def test_q2_sweep_curve_equals_dropout(small_data, tmp_path):
     cfg = _config(regularizer=reg, q=2.0, num_epochs=1)
     runs[reg] = train.train_and_evaluate(cfg, str(tmp_path / reg), datasets=small_data)["history"]
   for a, b in zip(runs["dropout"], runs["sparseout"], strict=True):
-    for k in ("eval/hoyer", "eval/loss", "eval/train_loss", "epoch/train_loss", "epoch/enc_kernel_norm"):
+    for k in (
+      "eval/hoyer",
+      "eval/loss",
+      "eval/train_loss",
+      "epoch/train_loss",
+      "epoch/enc_kernel_norm",
+    ):
       assert a.get(k) == b.get(k), (k, a.get(k), b.get(k))
 
 

@@ -17,23 +17,14 @@ PTB = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ptb
 def _config(**kw):
   c = tiny.get_config()
   c.data_dir = PTB
-  c.log_every = 0
   for k, v in kw.items():
     c[k] = v
   return c
 
 
 def _final_params(workdir, config):
-  model = train.build_model(config, 10_000)
-  from flax import nnx
-
-  _, params = nnx.split(model)
-  opt = train.make_optimizer(config).init(params)
-  carry = jax.tree.map(np.asarray, model.init_carry(config.batch_size))
-  restored = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).restore(
-    {"params": params, "opt_state": opt, "avg": params, "carry": carry}
-  )
-  return restored[0]
+  _, target, _ = train.init_state(config, 10_000)
+  return ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).restore(target)[0]
 
 
 @pytest.fixture(autouse=True)
@@ -45,15 +36,21 @@ def test_loss_falls_on_real_ptb_slice(tmp_path):
   if not os.path.isdir(PTB):
     pytest.fail(f"no PTB at {PTB} (expected ../shared/data beside the checkout)")
   c = _config(num_devices=1, variable_bptt=False, num_epochs=2, max_eval_tokens=1000)
-  res = train.train_and_evaluate(c, str(tmp_path))
+  res = train.train_and_evaluate(c, str(tmp_path))["final"]
   hist = json.load(open(tmp_path / "results.json"))["history"]
-  assert hist[1]["train_loss"] < hist[0]["train_loss"] - 0.2
-  assert hist[1]["valid_ppl"] < hist[0]["valid_ppl"]
+  assert hist[1]["epoch/train_nll"] < hist[0]["epoch/train_nll"] - 0.2
+  assert hist[1]["eval/ppl"] < hist[0]["eval/ppl"]
   assert res["valid_ppl"] < 1500  # uniform over 10k words would be 10,000
   assert res["test_tokens"] == 999 and res["valid_tokens"] == 999  # every target once
   assert (tmp_path / "valid_curve.png").stat().st_size > 1000
   rows = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
   assert any("epoch/tokens_per_s" in r for r in rows)
+  assert [r["test/ppl"] for r in rows if "test/ppl" in r] == [res["test_ppl"]]
+  # The sites sow their sparsity records at each evaluation: i, between the layers, o.
+  sites = {k.split("/")[2] for k in hist[-1] if k.startswith("eval/sparsity/")}
+  assert sites == {"site_i", "site_h", "site_o"}
+  assert 0.0 < hist[-1]["eval/sparsity/site_h/0/hoyer"] < 1.0
+  assert (tmp_path / "sparsity.png").stat().st_size > 1000
 
 
 def test_four_device_pmap_matches_single_device_without_regularisation(tmp_path):
@@ -85,9 +82,9 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
   kw = dict(num_devices=2, num_epochs=2, max_steps_per_epoch=7, max_eval_tokens=300)
   c = _config(**kw)
   train.train_and_evaluate(c, str(tmp_path / "full"))
-  ci = _config(interrupt_at_step=10, **kw)  # in epoch 2, mid-epoch: carry and key must resume
+  ci = _config(max_steps=10, **kw)  # in epoch 2, mid-epoch: carry and key must resume
   out = train.train_and_evaluate(ci, str(tmp_path / "cut"))
-  assert out == {"interrupted_at_step": 10}
+  assert out["steps"] == 10 and out["final"] == {}  # not tested until it finishes
   train.train_and_evaluate(_config(**kw), str(tmp_path / "cut"))
   a, b = _final_params(str(tmp_path / "full"), c), _final_params(str(tmp_path / "cut"), c)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):

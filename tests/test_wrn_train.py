@@ -156,7 +156,9 @@ def test_initialisation_is_the_references() -> None:
   assert np.all(np.asarray(model.head.bias[...]) == 0)
   scale = np.concatenate([np.asarray(b.bn0.scale[...]) for b in model.blocks])
   assert scale.min() >= 0.0 and scale.max() < 1.0
-  assert scale.mean() == pytest.approx(0.5, abs=0.05) and scale.std() == pytest.approx(0.289, abs=0.03)
+  assert scale.mean() == pytest.approx(0.5, abs=0.05) and scale.std() == pytest.approx(
+    0.289, abs=0.03
+  )
   assert np.all(np.asarray(model.blocks[0].bn0.bias[...]) == 0)
 
 

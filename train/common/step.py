@@ -112,7 +112,7 @@ def make_train_step(
     if after_update is not None:
       new = after_update(new)
     if grad_norm:
-      metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+      metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
     return new, {"loss": loss, **metrics, "ok": ok}
 
   return step
