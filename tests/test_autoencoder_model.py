@@ -98,3 +98,19 @@ def test_bad_config_names_the_field():
     train.validate_config(_config(regularizer="shakeout"))
   with pytest.raises(ValueError, match="config.rate"):
     train.validate_config(_config(rate=1.5))
+
+
+def test_sparsity_record_is_the_hidden_layers_hoyer(small_data, tmp_path):
+  """The Sparseout layer's record of its input (h, clean at evaluation) is the program's own Hoyer
+  sparsity and zero fraction of h on the test set; with record_sparsity off there is none."""
+  cfg = _config(regularizer="sparseout", q=1.5, num_epochs=1)
+  hist = train.train_and_evaluate(cfg, str(tmp_path / "on"), datasets=small_data)["history"]
+  for row in hist:
+    assert row["eval/sparsity/noise/hoyer"] == pytest.approx(row["eval/hoyer"], rel=1e-5)
+    assert row["eval/sparsity/noise/zero_fraction"] == pytest.approx(
+      row["eval/zero_fraction"], rel=1e-5
+    )
+  assert (tmp_path / "on" / "sparsity.png").stat().st_size > 1000
+  off = _config(regularizer="sparseout", q=1.5, num_epochs=1, record_sparsity=False)
+  hist = train.train_and_evaluate(off, str(tmp_path / "off"), datasets=small_data)["history"]
+  assert not any(k.startswith("eval/sparsity/") for k in hist[-1])

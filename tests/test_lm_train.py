@@ -92,3 +92,95 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
   ra = json.load(open(tmp_path / "full" / "results.json"))
   rb = json.load(open(tmp_path / "cut" / "results.json"))
   assert ra["test_ppl"] == rb["test_ppl"] and ra["steps"] == rb["steps"] == 14
+
+
+def test_paper_configs_are_the_papers_runs() -> None:
+  """q on the sites the paper replaced (e, i, h, o), the weight drop DropConnect (q_w = 2), plain SGD, the
+  authors' backward rule; AWD-LSTM's own configs add NT-ASGD and the finetune stage (Table 3's AWD rows)."""
+  from train.lm.configs import ptb_awd, ptb_awd_lstm, wt2_awd, wt2_awd_lstm
+
+  for mod in (ptb_awd, wt2_awd):
+    c = mod.get_config()
+    c.q = 1.5
+    reg = train.regularisation_from_config(c)
+    assert (reg.q_e, reg.q_i, reg.q_h, reg.q_o, reg.q_w) == (1.5, 1.5, 1.5, 1.5, 2.0)
+    assert reg.gradient == "reference" and c.optimizer == "sgd" and c.finetune_epochs == 0
+  for mod, epochs in ((ptb_awd_lstm, 500), (wt2_awd_lstm, 750)):
+    c = mod.get_config()
+    assert (c.impl, c.optimizer, c.finetune_epochs, c.num_epochs) == (
+      "dropout",
+      "ntasgd",
+      epochs,
+      epochs,
+    )
+
+
+def test_averaged_sgd_keeps_the_mean_of_the_iterates() -> None:
+  """With ``asgd`` on, ``avg`` after k steps is the mean of the k iterates (torch ASGD, t0 = 0, lambd = 0);
+  with it off, ``avg`` stays as it was."""
+  c = _config(num_devices=1, variable_bptt=False)
+  graphdef, state, tx = train.init_state(c, 10_000)
+  layout = train.Layout(jax.local_devices()[:1], c.batch_size)
+  pstep = train.make_train_step(graphdef, tx, c, jax.local_devices()[:1])
+  corpus = train._load_data(c)
+  streams = train.ip.batchify(corpus.train, c.batch_size)
+  windows = [train.ip.make_window(streams, s, 10) for s in (0, 10, 20)]
+  for on in (False, True):
+    r = layout.to_device(state | {"asgd": np.bool_(on)})
+    iterates = []
+    for i, w in enumerate(windows):
+      r, _ = pstep(r, train.device_batch(w, 1), jax.random.key(i))
+      iterates.append(jax.tree.leaves(train.parallel.unreplicate(r["params"])))
+    avg = jax.tree.leaves(train.parallel.unreplicate(r["avg"]))
+    start = jax.tree.leaves(state["params"])
+    for j, a in enumerate(avg):
+      want = np.mean([it[j] for it in iterates], axis=0) if on else start[j]
+      np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-6)
+    assert int(train.parallel.unreplicate(r["n_avg"])) == (3 if on else 0)
+
+
+@pytest.mark.slow
+def test_ntasgd_switches_when_validation_gets_worse(tmp_path) -> None:
+  """AWD's trigger: gradient ascent (lr < 0) makes every validation worse than the one before, so with
+  nonmono = 1 the switch comes after epoch 3 (the first with two earlier losses); epoch 4 runs averaged."""
+  c = _config(
+    num_devices=1,
+    num_epochs=4,
+    optimizer="ntasgd",
+    nonmono=1,
+    learning_rate=-30.0,
+    max_steps_per_epoch=3,
+    max_eval_tokens=300,
+  )
+  out = train.train_and_evaluate(c, str(tmp_path))
+  losses = [r["eval/loss"] for r in out["history"]]
+  assert losses == sorted(losses)  # worse every epoch
+  assert [r["epoch/asgd"] for r in out["history"]] == [0, 0, 0, 1]
+
+
+@pytest.mark.slow
+def test_finetune_continues_from_the_best_checkpoint_with_averaged_sgd(tmp_path) -> None:
+  c = _config(
+    num_devices=1, num_epochs=1, finetune_epochs=2, max_steps_per_epoch=3, max_eval_tokens=300
+  )
+  out = train.train_and_evaluate(c, str(tmp_path))
+  assert out["final"]["stage"] == 1 and out["steps"] == 6
+  assert [r["epoch/asgd"] for r in out["history"]] == [1, 1]  # averaging from the first step
+  rows = [json.loads(x) for x in open(tmp_path / "finetune" / "metrics.jsonl")]
+  assert [r["epoch"] for r in rows if "eval/loss" in r] == [1, 2]
+  stage0 = _final_params(str(tmp_path), c)
+  assert not bool(stage0["asgd"])
+  fin = _final_params(str(tmp_path / "finetune"), c)
+  assert bool(fin["asgd"]) and int(fin["n_avg"]) == 6
+  # The finetune started from stage 0's best parameters: its first iterate moved away from them by one
+  # step's update only, far less than from a fresh initialisation.
+  _, fresh, _ = train.init_state(c, 10_000)
+  d_best = max(
+    float(np.max(np.abs(a - b)))
+    for a, b in zip(jax.tree.leaves(stage0["params"]), jax.tree.leaves(fin["params"]), strict=True)
+  )
+  d_fresh = max(
+    float(np.max(np.abs(np.asarray(a) - b)))
+    for a, b in zip(jax.tree.leaves(fresh["params"]), jax.tree.leaves(fin["params"]), strict=True)
+  )
+  assert d_best < d_fresh
