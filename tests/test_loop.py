@@ -4,7 +4,8 @@ Properties: a run stopped at max_steps and resumed equals an uninterrupted one b
 metrics.jsonl holds every step and epoch once; a non-finite step stops the run naming that step and
 the last good checkpoint (none is written after it), or is skipped and counted with the parameters
 left as they were; a checkpoint from one non-finite mode resumes in the other; a SIGTERM during
-set-up, before the first step, still checkpoints and exits 0.
+set-up, before the first step, still checkpoints and exits 0; a program that ends training early
+stays ended when started again.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _config(**kw) -> ml_collections.ConfigDict:
   return c
 
 
-def _program(config, poison_step: int | None = None, on_setup=None):
+def _program(config, poison_step: int | None = None, on_setup=None, stop_after: int | None = None):
   """Least squares y = x w* on fixed data; the batch of global step ``poison_step`` holds a NaN."""
   rng = np.random.default_rng(0)
   x = rng.normal(size=(EPOCHS * STEPS, N, 4)).astype(np.float32)
@@ -72,15 +73,16 @@ def _program(config, poison_step: int | None = None, on_setup=None):
     train_step=lambda r, b: pstep(r, b, key),
     evaluate=evaluate,
     evaluate_untrained=True,
+    end_epoch=None if stop_after is None else lambda r, row, h: (r, row["epoch"] == stop_after),
   )
   params = {"w": jnp.zeros(4)}
   state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
   return program, state
 
 
-def _run(workdir, poison_step=None, on_setup=None, **kw):
+def _run(workdir, poison_step=None, on_setup=None, stop_after=None, **kw):
   config = _config(**kw)
-  program, state = _program(config, poison_step, on_setup)
+  program, state = _program(config, poison_step, on_setup, stop_after)
   return loop.run(program, config, str(workdir), state)
 
 
@@ -142,6 +144,13 @@ def test_sigterm_before_the_first_step_checkpoints_and_exits_0(tmp_path, capsys)
   assert checkpoint.Checkpointer(tmp_path / "checkpoints").all_steps() == [0]
   assert "resume with:" in capsys.readouterr().out
   assert _run(tmp_path).finished
+
+
+def test_a_program_that_stops_early_stays_stopped(tmp_path) -> None:
+  out = _run(tmp_path, stop_after=2)
+  assert not out.finished and out.steps == 2 * STEPS and len(out.history) == 3
+  again = _run(tmp_path, stop_after=2)  # started again: nothing more to do
+  assert not again.finished and again.steps == 2 * STEPS and again.history == out.history
 
 
 def test_run_control_fields_are_checked() -> None:

@@ -47,6 +47,7 @@ META_KEYS = (
   "epoch_seconds",
   "skipped_steps",
   "metrics_rows",
+  "stopped",
 )
 """What every checkpoint's metadata holds (the checkpoint's step is its name)."""
 
@@ -119,7 +120,8 @@ class Result:
     steps: optimizer steps done.
     skipped_steps: non-finite steps skipped.
     state: the final device state.
-    finished: every epoch ran (False when ``max_steps`` or ``end_epoch`` stopped it).
+    finished: every epoch ran (False when ``max_steps`` or ``end_epoch`` stopped it; a run that
+      ``end_epoch`` stopped stays stopped when started again).
   """
 
   history: list[dict[str, Any]]
@@ -178,6 +180,7 @@ def run(program: Program, config: ml_collections.ConfigDict, workdir: str, state
     )
     writer = metrics.MetricsWriter(workdir)
     epoch, in_epoch, history, skipped, sums, seconds = 0, 0, [], 0, _Sums(), 0.0
+    stopped = False  # the program's end_epoch ended training early (kept: a rerun does not go on)
     template = state["opt_state"]
     restored = ckpt.restore({**state, "opt_state": step_lib.inner_opt_state(template)})
     if restored is not None:
@@ -185,7 +188,7 @@ def run(program: Program, config: ml_collections.ConfigDict, workdir: str, state
       epoch, in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
       history, skipped = list(meta["history"]), int(meta["skipped_steps"])
       sums = _Sums(meta["epoch_sums"], meta["window_sums"])
-      seconds = float(meta["epoch_seconds"])
+      seconds, stopped = float(meta["epoch_seconds"]), bool(meta["stopped"])
       state = {**state, "opt_state": step_lib.wrap_opt_state(template, state["opt_state"], skipped)}
     writer.truncate(int(meta["metrics_rows"]) if restored is not None else 0)
     step = (ckpt.latest_step() or 0) if restored is not None else 0
@@ -195,7 +198,17 @@ def run(program: Program, config: ml_collections.ConfigDict, workdir: str, state
       meta = dict(
         zip(
           META_KEYS,
-          (epoch, in_epoch, history, sums.epoch, sums.window, seconds, skipped, writer.rows),
+          (
+            epoch,
+            in_epoch,
+            history,
+            sums.epoch,
+            sums.window,
+            seconds,
+            skipped,
+            writer.rows,
+            stopped,
+          ),
           strict=True,
         )
       )
@@ -269,8 +282,8 @@ def run(program: Program, config: ml_collections.ConfigDict, workdir: str, state
     stop_if_requested()  # a signal during set-up: checkpoint the start and exit
     # A signal is acted on at the next drain; one process alone drains at once (no agreement needed).
     prompt = jax.process_count() == 1
-    finished = True
-    while epoch < num_epochs:
+    finished = not stopped
+    while epoch < num_epochs and not stopped:
       if step >= max_steps:  # max_steps at an epoch's end
         save()
         finished = False
@@ -300,11 +313,11 @@ def run(program: Program, config: ml_collections.ConfigDict, workdir: str, state
         finished = False
         break
       epoch, in_epoch = epoch + 1, 0
-      stop = end_of_epoch(EpochInfo(epoch, step, n_steps, seconds))
+      stopped = end_of_epoch(EpochInfo(epoch, step, n_steps, seconds))
       sums, seconds = _Sums(), 0.0
-      if stop or epoch % int(config.checkpoint_every_epochs) == 0 or epoch == num_epochs:
+      if stopped or epoch % int(config.checkpoint_every_epochs) == 0 or epoch == num_epochs:
         save({program.best_metric: history[-1][program.best_metric]})
-      if stop:
+      if stopped:
         finished = False
         break
       stop_if_requested()
