@@ -87,6 +87,8 @@ class Program:
     best_metric: the row entry that ranks checkpoints (kept: the latest and the best).
     best_mode: ``"min"`` or ``"max"``.
     evaluate_untrained: also evaluate before the first step (a row with ``epoch`` 0).
+    checkpoint_untrained: with ``evaluate_untrained``, also checkpoint there, ranked like the others
+      (so the starting point can be the best checkpoint, as in AWD-LSTM's finetune).
     start_epoch: optional ``(state, epoch) -> state`` at the start of an epoch (not on a
       mid-epoch resume), e.g. the LM's carry reset.
     end_epoch: optional ``(state, row, history) -> (state, stop)`` after an evaluation, e.g. the
@@ -105,6 +107,7 @@ class Program:
   best_metric: str = "eval/loss"
   best_mode: str = "min"
   evaluate_untrained: bool = False
+  checkpoint_untrained: bool = False
   start_epoch: Callable[[Any, int], Any] | None = None
   end_epoch: Callable[[Any, dict, list], tuple[Any, bool]] | None = None
   to_host: Callable[[Any], PyTree] = parallel.unreplicate
@@ -279,6 +282,8 @@ def run(program: Program, config: ml_collections.ConfigDict, workdir: str, state
     )
     if not history and program.evaluate_untrained:
       end_of_epoch(EpochInfo(0, step, 0, 0.0))
+      if program.checkpoint_untrained:
+        save({program.best_metric: history[-1][program.best_metric]})
     stop_if_requested()  # a signal during set-up: checkpoint the start and exit
     # A signal is acted on at the next drain; one process alone drains at once (no agreement needed).
     prompt = jax.process_count() == 1

@@ -309,7 +309,7 @@ def nonmonotone(losses: list[float], nonmono: int) -> bool:
   """AWD-LSTM's trigger: the newest validation loss is worse than the best of those before the last ``nonmono``.
 
   Example:
-    >>> nonmonotone([5.0, 4.0, 4.1, 4.2], nonmono=2)
+    >>> nonmonotone([4.0, 5.0, 4.5, 4.6], nonmono=2)
     True
     >>> nonmonotone([5.0, 4.0, 3.9], nonmono=2)
     False
@@ -371,12 +371,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       )
       tokens = sum(length for _, length in schedule(info.epoch - 1)) * config.batch_size
       return {f"eval/{k}": v for k, v in valid.items()} | {
-        "epoch/tokens_per_s": tokens / max(info.seconds, 1e-9),
+        "epoch/tokens_per_s": tokens / info.seconds if info.steps else float("nan"),
         "epoch/asgd": int(bool(host["asgd"])),
       }
 
     def end_epoch(rstate, row, history):
-      losses = [r["eval/loss"] for r in history]
+      losses = [r["eval/loss"] for r in history if r["epoch"] > 0]
       if not nonmonotone(losses, config.nonmono):
         return rstate, False
       if stage == 1:  # finetune.py: "Done!" once validation stops improving
@@ -396,6 +396,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       train_step=lambda rstate, batch: pstep(rstate, batch, jax.random.fold_in(root_key, stage)),
       evaluate=evaluate_epoch,
       best_metric="eval/ppl",
+      # The finetune's starting point competes for best, as finetune.py saves only improvements on it.
+      evaluate_untrained=stage == 1,
+      checkpoint_untrained=stage == 1,
       start_epoch=start_epoch,
       end_epoch=end_epoch,
       to_host=layout.to_host,
@@ -482,11 +485,14 @@ def write_results(
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(dict(results, config=config.to_dict(), history=hist), f, indent=1, default=str)
   if hist:
-    ep = [h["epoch"] for h in hist]
+    trained = [h for h in hist if "epoch/train_nll" in h]  # not the finetune's starting point
     plots.line_plot(
       {
-        "valid": (ep, [h["eval/ppl"] for h in hist]),
-        "train": (ep, [math.exp(min(h["epoch/train_nll"], 50.0)) for h in hist]),
+        "valid": ([h["epoch"] for h in hist], [h["eval/ppl"] for h in hist]),
+        "train": (
+          [h["epoch"] for h in trained],
+          [math.exp(min(h["epoch/train_nll"], 50.0)) for h in trained],
+        ),
       },
       os.path.join(workdir, "valid_curve.png"),
       xlabel="epoch",
