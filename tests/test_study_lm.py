@@ -100,7 +100,7 @@ def test_tiny_study_end_to_end(tmp_path, shared_data, compile_cache):
   search = {}
   for rate in (0.3, 0.6):
     rows = metrics_lib.read_jsonl(tmp_path / "search" / f"dropout_p{rate:g}" / "metrics.jsonl")
-    search[rate] = [r for r in rows if "final/valid_ppl" in r][-1]["final/valid_ppl"]
+    search[rate] = [r for r in rows if "test/valid_ppl" in r][-1]["test/valid_ppl"]
   assert out["rate"] == min(search, key=search.get)
   ppl_table = open(out["paths"]["perplexity"]).read()
   sp_table = open(out["paths"]["sparsity"]).read()
@@ -109,11 +109,18 @@ def test_tiny_study_end_to_end(tmp_path, shared_data, compile_cache):
     for seed in (0, 1):
       wd = tmp_path / "runs" / f"{name}_s{seed}"
       rows = metrics_lib.read_jsonl(wd / "metrics.jsonl")
-      final = [r for r in rows if "final/valid_ppl" in r][-1]
-      best.append(final["final/valid_ppl"])
-      test.append(final["final/test_ppl"])
-      epochs.append([r["epoch/epoch"] for r in rows if "epoch/epoch" in r])
+      final = [r for r in rows if "test/ppl" in r][-1]
+      best.append(final["test/valid_ppl"])
+      test.append(final["test/ppl"])
+      evals = [r for r in rows if "eval/ppl" in r]
+      epochs.append([r["epoch"] for r in evals])
       sparsity.append(metrics_lib.read_jsonl(wd / "sparsity.jsonl"))
+      # The probe measures what the program's own records measure at each site (the program
+      # leaves out the one padded validation window, hence the tolerance).
+      for site, path in (("i", "site_i"), ("h0", "site_h/0"), ("o", "site_o")):
+        for probe, logged in zip(sparsity[-1], evals, strict=True):
+          program = logged[f"eval/sparsity/{path}/hoyer"]
+          assert probe["sites"][site]["hoyer"] == pytest.approx(program, abs=0.02), (site, wd)
     # Chunked training: each epoch trained and logged once, sparsity measured after each chunk.
     assert epochs == [[1, 2], [1, 2]]
     assert [[r["epoch"] for r in s] for s in sparsity] == [[1, 2], [1, 2]]

@@ -22,6 +22,7 @@ vector's mass sits in few units), the exact-zero fraction (about 0 without ReLUs
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -129,27 +130,20 @@ def measure_sparsity(
 def latest_params(config: ml_collections.ConfigDict, workdir: str, vocab_size: int):
   """``(graphdef, params)`` of the newest checkpoint the LM program wrote in ``workdir``.
 
-  The restore template mirrors the program's checkpointed state (params, optimizer state, NT-ASGD
-  average, carry); the evaluated parameters are the average once NT-ASGD switched, as the program's.
+  The restore template is the program's own state (``train.init_state``, the optimizer state as
+  checkpoints hold it); the parameters are the NT-ASGD average once it switched, as the program's.
   """
+  from train.common import step as step_lib
   from train.lm import train
 
-  model = train.build_model(config, vocab_size)
-  graphdef, params = nnx.split(model)
-  template = {
-    "params": params,
-    "opt_state": train.make_optimizer(config).init(params),
-    "avg": params,
-    "carry": jax.tree.map(np.asarray, model.init_carry(config.batch_size)),
-  }
-  ckpt = ckpt_lib.Checkpointer(
-    os.path.join(workdir, "checkpoints"), keep_latest=1, keep_best=1, best_metric="valid_ppl"
-  )
+  graphdef, state, _ = train.init_state(config, vocab_size)
+  target = {**state, "opt_state": step_lib.inner_opt_state(state["opt_state"])}
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), best_metric="eval/ppl")
   try:
-    state, meta = ckpt.restore(template)
+    restored, _ = ckpt.restore(target)
   finally:
     ckpt.close()
-  chosen = state["avg"] if meta["asgd"] else state["params"]
+  chosen = restored["avg"] if bool(restored["asgd"]) else restored["params"]
   return graphdef, jax.tree.map(jnp.asarray, chosen)
 
 
@@ -171,6 +165,12 @@ def train_with_sparsity(cfg: ml_collections.ConfigDict, workdir: str, every: int
     st.append_jsonl(path, {"epoch": end, "sites": sites})
 
 
+def _value(row: dict[str, Any], name: str, earlier: str) -> Any:
+  """A metric under the program's name, or under its name before the shared loop (issue 10), so
+  the metrics files kept in docs/results/ read too."""
+  return row[name] if name in row else row[earlier]
+
+
 def read_run(workdir: str) -> dict[str, Any]:
   """One finished run's numbers, all read from its files.
 
@@ -179,16 +179,19 @@ def read_run(workdir: str) -> dict[str, Any]:
     "best_epoch", "sparsity": [{"epoch", "sites"}]}``.
   """
   rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  epochs = [r for r in rows if "epoch/valid_ppl" in r]
-  final = [r for r in rows if "final/test_ppl" in r][-1]
+  epochs = [r for r in rows if "eval/ppl" in r or "epoch/valid_ppl" in r]
+  final = [r for r in rows if "test/ppl" in r or "final/test_ppl" in r][-1]
   sp_path = os.path.join(workdir, "sparsity.jsonl")
   return {
-    "epochs": [int(r["epoch/epoch"]) for r in epochs],
-    "valid_ppl": [r["epoch/valid_ppl"] for r in epochs],
-    "train_ppl": [r["epoch/train_ppl"] for r in epochs],
-    "best_valid_ppl": final["final/valid_ppl"],
-    "test_ppl": final["final/test_ppl"],
-    "best_epoch": int(final["final/best_epoch"]),
+    "epochs": [int(_value(r, "epoch", "epoch/epoch")) for r in epochs],
+    "valid_ppl": [_value(r, "eval/ppl", "epoch/valid_ppl") for r in epochs],
+    "train_ppl": [
+      math.exp(min(r["epoch/train_nll"], 50.0)) if "epoch/train_nll" in r else r["epoch/train_ppl"]
+      for r in epochs
+    ],
+    "best_valid_ppl": _value(final, "test/valid_ppl", "final/valid_ppl"),
+    "test_ppl": _value(final, "test/ppl", "final/test_ppl"),
+    "best_epoch": int(_value(final, "test/best_epoch", "final/best_epoch")),
     "sparsity": metrics_lib.read_jsonl(sp_path) if os.path.exists(sp_path) else [],
   }
 

@@ -17,6 +17,7 @@ from train.lm.configs import ptb_awd
 def get_config() -> ml_collections.ConfigDict:
   """The LM study: model, data slice and the study's conditions, seeds and search."""
   c = ptb_awd.get_config()
+  c.data_dir = "../shared/data/ptb"  # from the repository root, as CI has ../shared
   c.emb_size, c.hidden_size, c.num_layers = 64, 256, 2
   c.max_train_tokens, c.max_eval_tokens = 20_000, 10_000
   c.batch_size, c.bptt, c.variable_bptt, c.bptt_bucket = 16, 35, False, 35
@@ -26,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.alpha = c.beta = 0.0
   c.gradient = "reference"
   c.num_epochs = 10
-  c.log_every = 0
+  c.log_every = 1000  # train rows only at epoch ends (an epoch has 36 steps)
   c.study = ml_collections.ConfigDict()
   # Conditions: "none" (no noise), "dropout" (Flax Dropout, q = 2), "q=<float>" (sparseout).
   c.study.conditions = "none,dropout,q=1,q=1.5,q=2.5,q=3"

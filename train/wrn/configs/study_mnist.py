@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"
   c.batch_size, c.eval_batch_size = 32, 500
   c.num_epochs = 2
-  c.lr_boundaries = (1,)
+  c.lr_boundaries = (2,)  # lr x0.2 from the start of (1-based) epoch 2
   c.progress = False
   c.study = ml_collections.ConfigDict()
   # Conditions: "none" (no noise), "dropout" (Flax Dropout, q = 2), "q=<float>" (sparseout).
