@@ -19,11 +19,7 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
-from train.common import parallel
 from train.lm import input_pipeline as ip
 from train.lm import train
 from train.lm.configs import ptb_awd, ptb_small
@@ -69,26 +65,16 @@ def main() -> None:
     c = base.copy_and_resolve_references()
     for k, v in VARIANTS[name].items():
       c[k] = v
-    model = train.build_model(c, len(corpus.vocab))
-    graphdef, params = nnx.split(model)
-    tx = train.make_optimizer(c)
-    step = train.make_train_step(graphdef, tx, c, average=False)
-    carry = train._carry_shard(jax.tree.map(np.asarray, model.init_carry(c.batch_size)), n_dev)
-    st = [
-      parallel.replicate(params),
-      parallel.replicate(tx.init(params)),
-      parallel.replicate(params),
-      carry,
-    ]
+    graphdef, state, tx = train.init_state(c, len(corpus.vocab))
+    step = train.make_train_step(graphdef, tx, c)
+    st = [train.Layout(jax.local_devices(), c.batch_size).to_device(state)]
     runners[name] = (step, st)
 
   def run(name: str, i: int) -> float:
     step, st = runners[name]
     w = windows[i % len(windows)]
-    x, y = train._time_major_shard(w.inputs, n_dev), train._time_major_shard(w.targets, n_dev)
-    out = step(*st, x, y, jnp.int32(a.bptt), jnp.int32(1), jax.random.key(i))
-    st[:] = out[:4]
-    return float(out[4]["loss"][0])
+    st[0], m = step(st[0], train.device_batch(w, n_dev), jax.random.key(i))
+    return float(m["loss"][0])
 
   t0 = time.time()
   for name in names:  # compile + one warm step each

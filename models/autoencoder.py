@@ -27,6 +27,8 @@ class Autoencoder(nnx.Module):
     rate: drop probability of the noise (dropout, sparseout, bridgeout), in [0, 1).
     q: sparseout / bridgeout norm (> 0; 2 is dropout for sparseout).
     gradient: sparseout backward rule, ``"exact"`` or ``"reference"``.
+    record_sparsity: the Sparseout layer sows the sparsity records of h on every call, and the
+      clean (``key=None``) pass calls it as the identity so evaluation records them too.
     input_dim: input width (784 for MNIST).
     rngs: ``nnx.Rngs`` for the parameters.
   """
@@ -39,6 +41,7 @@ class Autoencoder(nnx.Module):
     rate: float = 0.5,
     q: float = 2.0,
     gradient: str = "exact",
+    record_sparsity: bool = False,
     input_dim: int = 784,
     rngs: nnx.Rngs,
   ):
@@ -56,7 +59,7 @@ class Autoencoder(nnx.Module):
     if regularizer == "dropout":
       self.noise = nnx.Dropout(rate)
     elif regularizer == "sparseout":
-      self.noise = so_nnx.Sparseout(rate, q, gradient=gradient)
+      self.noise = so_nnx.Sparseout(rate, q, gradient=gradient, record_sparsity=record_sparsity)
     else:
       self.noise = nnx.data(None)
     self.decoder = nnx.Linear(hidden, input_dim, rngs=rngs)
@@ -91,6 +94,8 @@ class Autoencoder(nnx.Module):
     noisy = h
     if key is not None and self.noise is not None:
       noisy = self.noise(h, deterministic=False, rngs=key)
+    elif getattr(self.noise, "record_sparsity", False):
+      self.noise(h, deterministic=True)  # the identity; records the clean h's sparsity
     return self.decoder(noisy), h
 
 

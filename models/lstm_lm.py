@@ -17,7 +17,6 @@ before the call, so the locked masks still sit between layers.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -203,6 +202,19 @@ def lstm_cudnn(
   return jnp.swapaxes(y, 0, 1), (hn[0], cn[0])
 
 
+class SparsityProbe(nnx.Module):
+  """Records the sparsity of the activations at one Sparseout site (the input of its noise).
+
+  Calling it returns ``x`` unchanged and sows ``sparseout_jax.sparsity_stats(x)`` as an
+  ``nnx.Intermediate`` named ``"sparsity"`` (read with ``sparseout_jax.sparsity_records``), in
+  training and in evaluation alike.
+  """
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    self.sow(nnx.Intermediate, "sparsity", sparseout_jax.sparsity_stats(x))
+    return x
+
+
 class LSTMLayer(nnx.Module):
   """LSTM weights in PyTorch/cuDNN convention (double bias, gate order i, f, g, o), U(-1/sqrt(H), 1/sqrt(H))."""
 
@@ -233,6 +245,7 @@ class LSTMLM(nnx.Module):
     *,
     compute_dtype: Any = jnp.float32,
     backend: str = "scan",
+    record_sparsity: bool = False,
     rngs: nnx.Rngs,
   ):
     """Build the model.
@@ -245,6 +258,10 @@ class LSTMLM(nnx.Module):
       reg: regularisation (default: AWD-LSTM PTB rates at q = 2).
       compute_dtype: matmul operand dtype (``jnp.bfloat16`` for mixed precision); params stay float32.
       backend: ``"scan"`` (lax.scan, any device) or ``"cudnn"`` (``jax.experimental.rnn``, GPU, float32).
+      record_sparsity: record the sparsity of the activations entering the locked sites on every call:
+        ``site_i`` (embedding output), ``site_h/<l>`` (output of LSTM layer l below the last), ``site_o``
+        (last LSTM output). The embedding (``e``) and weight (``w``) sites act on parameters, not on
+        activations, and record nothing.
       rngs: parameter initialisation keys.
     """
     if num_layers < 1:
@@ -262,6 +279,11 @@ class LSTMLM(nnx.Module):
     ins = [emb_size, *self.sizes[:-1]]
     self.layers = nnx.List(
       [LSTMLayer(i, h, rngs=rngs) for i, h in zip(ins, self.sizes, strict=True)]
+    )
+    probe = SparsityProbe if record_sparsity else lambda: None
+    self.site_i, self.site_o = nnx.data(probe()), nnx.data(probe())
+    self.site_h = (
+      nnx.List([probe() for _ in self.sizes[:-1]]) if record_sparsity else nnx.data(None)
     )
 
   def init_carry(self, batch_size: int) -> Carry:
@@ -293,6 +315,8 @@ class LSTMLM(nnx.Module):
     site = (lambda s: jax.random.fold_in(key, s)) if train else (lambda s: None)
     table = self.embedding[...]
     x = _embed(reg, site(_SITE_E), table, ids)
+    if self.site_i is not None:
+      self.site_i(x)
     if train:
       x = _noise(reg, "i", site(_SITE_I), x, (0,))
     new_carry = []
@@ -313,8 +337,12 @@ class LSTMLM(nnx.Module):
         raw, hc = lstm_scan(xproj, w_hh, h0, c0, length, cd)
       new_carry.append(hc)
       x = raw
+      if self.site_h is not None and li < len(self.layers) - 1:
+        self.site_h[li](x)
       if train and li < len(self.layers) - 1:
         x = _noise(reg, "h", site(_SITE_H + li), x, (0,))
+    if self.site_o is not None:
+      self.site_o(raw)
     dropped = _noise(reg, "o", site(_SITE_O), raw, (0,)) if train else raw
     logits = jnp.dot(dropped.astype(cd), table.T.astype(cd), preferred_element_type=jnp.float32)
     logits = logits + self.decoder_bias[...]
@@ -354,18 +382,3 @@ def lm_losses(
   diff = (raw[1:] - raw[:-1]).astype(jnp.float32)
   tar = beta * ((diff**2).sum(-1) * pair_w).sum() / (jnp.maximum(pair_w.sum(), 1.0) * feat)
   return {"loss": nll + ar + tar, "nll": nll, "ar": ar, "tar": tar}
-
-
-def split_model(model: LSTMLM) -> tuple[Any, Any]:
-  """``(graphdef, params)`` of a model for pure-function use (``nnx.merge`` inverts it)."""
-  return nnx.split(model)
-
-
-def param_count(params: Any) -> int:
-  """Number of scalar parameters in a state tree."""
-  return sum(int(x.size) for x in jax.tree.leaves(params))
-
-
-def sizes_of(model: LSTMLM) -> Sequence[int]:
-  """Hidden sizes of the stacked layers."""
-  return model.sizes

@@ -2,14 +2,14 @@
 
 Follows szagoruyko/wide-residual-networks: widths 16, 16k, 32k, 64k; (d - 4) / 6 pre-activation basic blocks
 per group; block = BN-ReLU-conv3x3(stride) then BN-ReLU-[regulariser]-conv3x3; 1x1 strided shortcut conv on the
-activated input when the width changes; final BN-ReLU, global average pool, dense. Convolutions have no bias and
-He-normal weights (fan-out, as the reference's MSRinit); the 3x3 convs pad 1 pixel on every side (PyTorch style),
-so strided convs see the same pixels as the reference.
+activated input when the width changes; final BN-ReLU, global average pool, dense. Initialisation as the
+reference's ``utils.py``: convolutions (no bias) and the dense layer He-normal over fan-in (PyTorch's
+``kaiming_normal_``: std = sqrt(2 / fan_in)), dense bias 0, BatchNorm scale U[0, 1) (``torch.rand``) and bias 0.
+The 3x3 convs pad 1 pixel on every side (PyTorch style), so strided convs see the same pixels as the reference.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import jax
@@ -24,8 +24,11 @@ Placement = Literal["after_relu", "before_bn"]
 REGULARIZERS: tuple[str, ...] = ("sparseout", "dropout", "none")
 PLACEMENTS: tuple[str, ...] = ("after_relu", "before_bn")
 
-# He-normal over fan-out: std = sqrt(2 / (k * k * out_channels)), the reference's MSRinit.
-_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+# He-normal over fan-in, std = sqrt(2 / (k * k * in_channels)): torch's kaiming_normal_ default, as the
+# reference's conv_params and linear_params ("normal" is untruncated, as torch's).
+HE_NORMAL = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
+# BatchNorm scale U[0, 1): the reference's bnparams uses torch.rand(n).
+BN_SCALE_INIT = nnx.initializers.uniform(1.0)
 _PAD1 = ((1, 1), (1, 1))
 
 
@@ -40,7 +43,7 @@ def _conv(
     strides=(stride, stride),
     padding=_PAD1 if kernel == 3 else "VALID",
     use_bias=False,
-    kernel_init=_CONV_INIT,
+    kernel_init=HE_NORMAL,
     dtype=dtype,
     param_dtype=jnp.float32,
     rngs=rngs,
@@ -56,6 +59,7 @@ def _bn(
     momentum=momentum,
     epsilon=1e-5,
     axis_name=axis_name,
+    scale_init=BN_SCALE_INIT,
     dtype=dtype,
     param_dtype=jnp.float32,
     rngs=rngs,
@@ -63,7 +67,7 @@ def _bn(
 
 
 def make_regularizer(
-  kind: str, rate: float, q: float, gradient: str
+  kind: str, rate: float, q: float, gradient: str, record_sparsity: bool = False
 ) -> so_nnx.Sparseout | nnx.Dropout | None:
   """Build the per-block noise layer: Sparseout(rate, q), Flax Dropout(rate), or None for no noise.
 
@@ -72,6 +76,7 @@ def make_regularizer(
     rate: drop probability r in [0, 1).
     q: Sparseout exponent (> 0); ignored by dropout.
     gradient: Sparseout backward rule ("exact" or "reference").
+    record_sparsity: the Sparseout layer sows the sparsity records of its input on every call.
 
   Returns:
     A layer called as `layer(x, deterministic=..., rngs=key)`, or None when there is no noise.
@@ -79,7 +84,9 @@ def make_regularizer(
   if kind == "none" or rate == 0.0:
     return None
   if kind == "sparseout":
-    return so_nnx.Sparseout(rate, q=q, gradient=gradient, rngs=None)
+    return so_nnx.Sparseout(
+      rate, q=q, gradient=gradient, record_sparsity=record_sparsity, rngs=None
+    )
   if kind == "dropout":
     return nnx.Dropout(rate, rngs=None)
   raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {kind!r}")
@@ -102,6 +109,7 @@ class BasicBlock(nnx.Module):
     bn_momentum: float,
     axis_name: str | None,
     dtype: jnp.dtype,
+    record_sparsity: bool = False,
     rngs: nnx.Rngs,
   ) -> None:
     """Create the block's two BN-ReLU-conv units, its noise layer and (if widths differ) its shortcut.
@@ -113,19 +121,21 @@ class BasicBlock(nnx.Module):
       regularizer: "sparseout", "dropout" or "none".
       rate: drop probability of the noise layer.
       q: Sparseout exponent.
-      placement: "after_relu" (noise on relu(bn(conv1)), the WRN reference) or "before_bn" (noise on conv1's
-        output before BN, the Sparseout authors' later code).
+      placement: "after_relu" (noise on relu(bn(conv1)), where the WRN reference puts its dropout and paper
+        4.3 its Sparseout: between the two convolutions) or "before_bn" (noise on conv1's output before BN; an
+        alternative this repository offers for experiments, from neither the paper nor the reference).
       gradient: Sparseout backward rule.
       bn_momentum: running-average momentum of BatchNorm (Flax convention; 0.9 == PyTorch's 0.1).
       axis_name: pmap axis over which BN batch statistics are averaged (None outside pmap).
       dtype: compute dtype (parameters and BN statistics stay float32).
+      record_sparsity: the noise layer (Sparseout) records the sparsity of its input on every call.
       rngs: parameter initialisation keys.
     """
     self.bn0 = _bn(cin, bn_momentum, axis_name, dtype, rngs)
     self.conv0 = _conv(cin, cout, 3, stride, dtype, rngs)
     self.bn1 = _bn(cout, bn_momentum, axis_name, dtype, rngs)
     self.conv1 = _conv(cout, cout, 3, 1, dtype, rngs)
-    self.noise = make_regularizer(regularizer, rate, q, gradient)
+    self.noise = make_regularizer(regularizer, rate, q, gradient, record_sparsity)
     self.placement = placement
     self.shortcut = _conv(cin, cout, 1, stride, dtype, rngs) if cin != cout else None
 
@@ -168,6 +178,7 @@ class WideResNet(nnx.Module):
     bn_momentum: float = 0.9,
     axis_name: str | None = None,
     dtype: jnp.dtype = jnp.float32,
+    record_sparsity: bool = False,
     rngs: nnx.Rngs,
   ) -> None:
     """Build WRN-depth-width.
@@ -179,11 +190,12 @@ class WideResNet(nnx.Module):
       regularizer: per-block noise, "sparseout" (default), "dropout" (Flax Dropout) or "none".
       rate: drop probability r in [0, 1) of the noise layer.
       q: Sparseout exponent q > 0 (q = 2 is inverted dropout).
-      placement: "after_relu" (default, WRN reference) or "before_bn".
+      placement: "after_relu" (default, WRN reference and paper 4.3) or "before_bn" (an experiment).
       gradient: Sparseout backward rule, "exact" or "reference".
       bn_momentum: BatchNorm running-average momentum (Flax convention).
       axis_name: pmap axis name for cross-device BN statistics; None when not under pmap.
       dtype: compute dtype, float32 or bfloat16 (params and BN statistics are float32 either way).
+      record_sparsity: every Sparseout layer records the sparsity of its input (train and eval).
       rngs: parameter initialisation keys (stream "params").
     """
     if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
@@ -226,13 +238,16 @@ class WideResNet(nnx.Module):
             bn_momentum=bn_momentum,
             axis_name=axis_name,
             dtype=dtype,
+            record_sparsity=record_sparsity,
             rngs=rngs,
           )
         )
         cin = widths[group + 1]
     self.blocks = nnx.List(blocks)
     self.bn = _bn(cin, bn_momentum, axis_name, dtype, rngs)
-    self.head = nnx.Linear(cin, num_classes, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    self.head = nnx.Linear(
+      cin, num_classes, kernel_init=HE_NORMAL, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
+    )
 
   def __call__(
     self, x: jax.Array, *, train: bool = False, key: jax.Array | None = None
@@ -257,8 +272,3 @@ class WideResNet(nnx.Module):
     h = nnx.relu(self.bn(h, use_running_average=not train))
     h = jnp.mean(h, axis=(1, 2))
     return self.head(h).astype(jnp.float32)
-
-
-def num_params(model: nnx.Module) -> int:
-  """Number of trainable scalars (nnx.Param leaves) of a model; works on an nnx.eval_shape'd model too."""
-  return sum(math.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -37,7 +37,7 @@ def tiny_config(program: str):
 
     c = tiny.get_config()
     c.data_dir, c.num_epochs, c.max_steps_per_epoch = PTB, 1, 3
-    c.max_eval_tokens, c.log_every = 100, 0
+    c.max_eval_tokens = 100
   elif program == "wrn":
     from train.wrn.configs import tiny
 

@@ -41,8 +41,14 @@ def test_q2_sweep_curve_equals_dropout(small_data, tmp_path):
     cfg = _config(regularizer=reg, q=2.0, num_epochs=1)
     runs[reg] = train.train_and_evaluate(cfg, str(tmp_path / reg), datasets=small_data)["history"]
   for a, b in zip(runs["dropout"], runs["sparseout"], strict=True):
-    for k in ("test_hoyer", "test_loss", "train_loss", "train_loss_noisy", "enc_kernel_norm"):
-      assert a[k] == b[k], (k, a[k], b[k])
+    for k in (
+      "eval/hoyer",
+      "eval/loss",
+      "eval/train_loss",
+      "epoch/train_loss",
+      "epoch/enc_kernel_norm",
+    ):
+      assert a.get(k) == b.get(k), (k, a.get(k), b.get(k))
 
 
 def test_loss_falls_and_sparseout_q1_sparser_than_q3(small_data, tmp_path):
@@ -51,12 +57,12 @@ def test_loss_falls_and_sparseout_q1_sparser_than_q3(small_data, tmp_path):
     cfg = _config(regularizer="sparseout", q=q, num_epochs=2, learning_rate=3e-3)
     hist[q] = train.train_and_evaluate(cfg, str(tmp_path / str(q)), datasets=small_data)["history"]
   for h in hist.values():
-    losses = [row["test_loss"] for row in h]
+    losses = [row["eval/loss"] for row in h]
     assert (
       all(b < a for a, b in zip(losses, losses[1:], strict=False)) and losses[-1] < 0.7 * losses[0]
     )
-    assert h[-1]["train_loss"] < h[1]["train_loss"]
-  assert hist[1.0][-1]["test_hoyer"] > hist[3.0][-1]["test_hoyer"]
+    assert h[-1]["eval/train_loss"] < h[1]["eval/train_loss"]
+  assert hist[1.0][-1]["eval/hoyer"] > hist[3.0][-1]["eval/hoyer"]
 
 
 def test_resume_after_stop_is_bit_exact(small_data, tmp_path):
@@ -92,3 +98,19 @@ def test_bad_config_names_the_field():
     train.validate_config(_config(regularizer="shakeout"))
   with pytest.raises(ValueError, match="config.rate"):
     train.validate_config(_config(rate=1.5))
+
+
+def test_sparsity_record_is_the_hidden_layers_hoyer(small_data, tmp_path):
+  """The Sparseout layer's record of its input (h, clean at evaluation) is the program's own Hoyer
+  sparsity and zero fraction of h on the test set; with record_sparsity off there is none."""
+  cfg = _config(regularizer="sparseout", q=1.5, num_epochs=1)
+  hist = train.train_and_evaluate(cfg, str(tmp_path / "on"), datasets=small_data)["history"]
+  for row in hist:
+    assert row["eval/sparsity/noise/hoyer"] == pytest.approx(row["eval/hoyer"], rel=1e-5)
+    assert row["eval/sparsity/noise/zero_fraction"] == pytest.approx(
+      row["eval/zero_fraction"], rel=1e-5
+    )
+  assert (tmp_path / "on" / "sparsity.png").stat().st_size > 1000
+  off = _config(regularizer="sparseout", q=1.5, num_epochs=1, record_sparsity=False)
+  hist = train.train_and_evaluate(off, str(tmp_path / "off"), datasets=small_data)["history"]
+  assert not any(k.startswith("eval/sparsity/") for k in hist[-1])

@@ -34,7 +34,7 @@ def test_tiny_sweep_writes_files_and_orders_q(tmp_path):
   saved = json.load(open(out["paths"]["json"]))
   assert saved["verdict"].startswith("ORDERING")
   assert out["table"].splitlines()[-1] == saved["verdict"]
-  final = {name: r["history"][-1]["test_hoyer"] for name, r in out["results"].items()}
+  final = {name: r["history"][-1]["eval/hoyer"] for name, r in out["results"].items()}
   assert final["sparseout_q2"] == final["dropout"]
   # Checked over seeds 0-4 at this size (1 device): q=1 sparser than dropout by > 0.29, q=3 denser by > 0.06.
   assert final["sparseout_q1"] > final["dropout"] > final["sparseout_q3"]
@@ -43,7 +43,7 @@ def test_tiny_sweep_writes_files_and_orders_q(tmp_path):
 
 def test_verdict_reports_broken_order():
   def res(q, h, reg="sparseout"):
-    return {"regularizer": reg, "q": q, "history": [{"test_hoyer": h}]}
+    return {"regularizer": reg, "q": q, "history": [{"eval/hoyer": h}]}
 
   held, line = sweep.verdict(
     {"a": res(1.0, 0.4), "b": res(1.5, 0.5), "c": res(2.0, 0.3), "dropout": res(2, 0.3, "dropout")}

@@ -17,23 +17,14 @@ PTB = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ptb
 def _config(**kw):
   c = tiny.get_config()
   c.data_dir = PTB
-  c.log_every = 0
   for k, v in kw.items():
     c[k] = v
   return c
 
 
 def _final_params(workdir, config):
-  model = train.build_model(config, 10_000)
-  from flax import nnx
-
-  _, params = nnx.split(model)
-  opt = train.make_optimizer(config).init(params)
-  carry = jax.tree.map(np.asarray, model.init_carry(config.batch_size))
-  restored = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).restore(
-    {"params": params, "opt_state": opt, "avg": params, "carry": carry}
-  )
-  return restored[0]
+  _, target, _ = train.init_state(config, 10_000)
+  return ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).restore(target)[0]
 
 
 @pytest.fixture(autouse=True)
@@ -45,15 +36,21 @@ def test_loss_falls_on_real_ptb_slice(tmp_path):
   if not os.path.isdir(PTB):
     pytest.fail(f"no PTB at {PTB} (expected ../shared/data beside the checkout)")
   c = _config(num_devices=1, variable_bptt=False, num_epochs=2, max_eval_tokens=1000)
-  res = train.train_and_evaluate(c, str(tmp_path))
+  res = train.train_and_evaluate(c, str(tmp_path))["final"]
   hist = json.load(open(tmp_path / "results.json"))["history"]
-  assert hist[1]["train_loss"] < hist[0]["train_loss"] - 0.2
-  assert hist[1]["valid_ppl"] < hist[0]["valid_ppl"]
+  assert hist[1]["epoch/train_nll"] < hist[0]["epoch/train_nll"] - 0.2
+  assert hist[1]["eval/ppl"] < hist[0]["eval/ppl"]
   assert res["valid_ppl"] < 1500  # uniform over 10k words would be 10,000
   assert res["test_tokens"] == 999 and res["valid_tokens"] == 999  # every target once
   assert (tmp_path / "valid_curve.png").stat().st_size > 1000
   rows = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
   assert any("epoch/tokens_per_s" in r for r in rows)
+  assert [r["test/ppl"] for r in rows if "test/ppl" in r] == [res["test_ppl"]]
+  # The sites sow their sparsity records at each evaluation: i, between the layers, o.
+  sites = {k.split("/")[2] for k in hist[-1] if k.startswith("eval/sparsity/")}
+  assert sites == {"site_i", "site_h", "site_o"}
+  assert 0.0 < hist[-1]["eval/sparsity/site_h/0/hoyer"] < 1.0
+  assert (tmp_path / "sparsity.png").stat().st_size > 1000
 
 
 def test_four_device_pmap_matches_single_device_without_regularisation(tmp_path):
@@ -85,9 +82,9 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
   kw = dict(num_devices=2, num_epochs=2, max_steps_per_epoch=7, max_eval_tokens=300)
   c = _config(**kw)
   train.train_and_evaluate(c, str(tmp_path / "full"))
-  ci = _config(interrupt_at_step=10, **kw)  # in epoch 2, mid-epoch: carry and key must resume
+  ci = _config(max_steps=10, **kw)  # in epoch 2, mid-epoch: carry and key must resume
   out = train.train_and_evaluate(ci, str(tmp_path / "cut"))
-  assert out == {"interrupted_at_step": 10}
+  assert out["steps"] == 10 and out["final"] == {}  # not tested until it finishes
   train.train_and_evaluate(_config(**kw), str(tmp_path / "cut"))
   a, b = _final_params(str(tmp_path / "full"), c), _final_params(str(tmp_path / "cut"), c)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
@@ -95,3 +92,87 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
   ra = json.load(open(tmp_path / "full" / "results.json"))
   rb = json.load(open(tmp_path / "cut" / "results.json"))
   assert ra["test_ppl"] == rb["test_ppl"] and ra["steps"] == rb["steps"] == 14
+
+
+def test_paper_configs_are_the_papers_runs() -> None:
+  """q on the sites the paper replaced (e, i, h, o), the weight drop DropConnect (q_w = 2), plain SGD, the
+  authors' backward rule; AWD-LSTM's own configs add NT-ASGD and the finetune stage (Table 3's AWD rows)."""
+  from train.lm.configs import ptb_awd, ptb_awd_lstm, wt2_awd, wt2_awd_lstm
+
+  for mod in (ptb_awd, wt2_awd):
+    c = mod.get_config()
+    c.q = 1.5
+    reg = train.regularisation_from_config(c)
+    assert (reg.q_e, reg.q_i, reg.q_h, reg.q_o, reg.q_w) == (1.5, 1.5, 1.5, 1.5, 2.0)
+    assert reg.gradient == "reference" and c.optimizer == "sgd" and c.finetune_epochs == 0
+  for mod, epochs in ((ptb_awd_lstm, 500), (wt2_awd_lstm, 750)):
+    c = mod.get_config()
+    assert (c.impl, c.optimizer, c.finetune_epochs, c.num_epochs) == (
+      "dropout",
+      "ntasgd",
+      epochs,
+      epochs,
+    )
+
+
+def test_averaged_sgd_keeps_the_mean_of_the_iterates() -> None:
+  """With ``asgd`` on, ``avg`` after k steps is the mean of the k iterates (torch ASGD, t0 = 0, lambd = 0);
+  with it off, ``avg`` stays as it was."""
+  c = _config(num_devices=1, variable_bptt=False)
+  graphdef, state, tx = train.init_state(c, 10_000)
+  layout = train.Layout(jax.local_devices()[:1], c.batch_size)
+  pstep = train.make_train_step(graphdef, tx, c, jax.local_devices()[:1])
+  corpus = train._load_data(c)
+  streams = train.ip.batchify(corpus.train, c.batch_size)
+  windows = [train.ip.make_window(streams, s, 10) for s in (0, 10, 20)]
+  for on in (False, True):
+    r = layout.to_device(state | {"asgd": np.bool_(on)})
+    iterates = []
+    for i, w in enumerate(windows):
+      r, _ = pstep(r, train.device_batch(w, 1), jax.random.key(i))
+      iterates.append(jax.tree.leaves(train.parallel.unreplicate(r["params"])))
+    avg = jax.tree.leaves(train.parallel.unreplicate(r["avg"]))
+    start = jax.tree.leaves(state["params"])
+    for j, a in enumerate(avg):
+      want = np.mean([it[j] for it in iterates], axis=0) if on else start[j]
+      np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-6)
+    assert int(train.parallel.unreplicate(r["n_avg"])) == (3 if on else 0)
+
+
+@pytest.mark.slow
+def test_ntasgd_switches_when_validation_gets_worse(tmp_path) -> None:
+  """AWD's trigger: gradient ascent (lr < 0) makes every validation worse than the one before, so with
+  nonmono = 1 the switch comes after epoch 3 (the first with two earlier losses); epoch 4 runs averaged."""
+  c = _config(
+    num_devices=1,
+    num_epochs=4,
+    optimizer="ntasgd",
+    nonmono=1,
+    learning_rate=-30.0,
+    max_steps_per_epoch=3,
+    max_eval_tokens=300,
+  )
+  out = train.train_and_evaluate(c, str(tmp_path))
+  losses = [r["eval/loss"] for r in out["history"]]
+  assert losses == sorted(losses)  # worse every epoch
+  assert [r["epoch/asgd"] for r in out["history"]] == [0, 0, 0, 1]
+
+
+@pytest.mark.slow
+def test_finetune_continues_from_the_best_checkpoint_with_averaged_sgd(tmp_path) -> None:
+  c = _config(
+    num_devices=1, num_epochs=1, finetune_epochs=2, max_steps_per_epoch=3, max_eval_tokens=300
+  )
+  out = train.train_and_evaluate(c, str(tmp_path))
+  assert out["final"]["stage"] == 1 and out["steps"] == 6
+  # Averaging from the first step; epoch 0 is the starting point, which competes for the best checkpoint.
+  assert [r["epoch/asgd"] for r in out["history"]] == [1, 1, 1]
+  rows = [json.loads(x) for x in open(tmp_path / "finetune" / "metrics.jsonl")]
+  assert [r["epoch"] for r in rows if "eval/loss" in r] == [0, 1, 2]
+  stage0 = _final_params(str(tmp_path), c)
+  assert not bool(stage0["asgd"])
+  fin = _final_params(str(tmp_path / "finetune"), c)
+  assert bool(fin["asgd"]) and int(fin["n_avg"]) == 6
+  # The finetune starts from stage 0's best checkpoint: its epoch-0 validation is that checkpoint's.
+  rows0 = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+  assert out["history"][0]["eval/ppl"] == [r["eval/ppl"] for r in rows0 if "eval/ppl" in r][-1]

@@ -5,7 +5,8 @@ finish the step, checkpoint, exit 0 and print where to resume), started again an
 step (the last checkpoint is all that survives), and started a third time to the end. Its final
 checkpoint (parameters, Adam moments and count, history of per-epoch metrics) must equal that of a run
 never interrupted, bit for bit: data order, noise keys and the optimizer's schedule state all resume
-exactly. The same holds for the WRN (SIGKILL, resumed across its learning-rate boundary).
+exactly, and its metrics.jsonl holds each epoch once (the same rows as the uninterrupted run's). The same
+holds for the WRN (SIGKILL, resumed across its learning-rate boundary).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+
+from train.common import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS_PER_EPOCH = 10  # 8,000 shipped training images / batch 800
@@ -79,6 +82,12 @@ def _final(workdir: str) -> tuple[int, dict, dict]:
       args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
     )
   return step, jax.tree.map(np.asarray, r.state), dict(r.meta)
+
+
+def _rows(workdir: str) -> list[dict]:
+  """metrics.jsonl without the wall-clock entries."""
+  rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return [{k: v for k, v in r.items() if k != "time"} for r in rows]
 
 
 @pytest.mark.slow
@@ -139,12 +148,21 @@ def test_sigterm_then_sigkill_resume_bit_equal(tmp_path) -> None:
     np.testing.assert_array_equal(a, b, err_msg=f"seed {seed}: {jax.tree_util.keystr(path)}")
   # Every epoch's evaluation (losses, Hoyer sparsity, kernel norms, noisy training loss) is the same.
   assert meta_ref["history"] == meta_cut["history"], f"seed {seed}"
+  # metrics.jsonl after SIGTERM and SIGKILL: each epoch's evaluation and each train row once, in order,
+  # the same rows as the uninterrupted run's (the steps replayed after the kill were not logged twice).
+  rows_cut, rows_ref = _rows(cut), _rows(full)
+  assert [r["epoch"] for r in rows_cut if "eval/loss" in r] == list(range(EPOCHS + 1)), (
+    f"seed {seed}"
+  )
+  train_steps = [r["step"] for r in rows_cut if "train/loss" in r]
+  assert train_steps == sorted(set(train_steps)), f"seed {seed}"
+  assert rows_cut == rows_ref, f"seed {seed}"
   print(f"seed {seed}: SIGTERM after step {stopped}, SIGKILL with last checkpoint {last}")
 
 
 @pytest.mark.slow
 def test_wrn_sigkill_resume_crosses_the_lr_boundary_bit_equal(tmp_path) -> None:
-  """WRN tiny (4 steps per epoch, lr x0.2 after epoch 2): SIGKILL at a random step after the first
+  """WRN tiny (4 steps per epoch, lr x0.2 from epoch 2 on): SIGKILL at a random step after the first
   checkpoint, start again; parameters, BN statistics, momentum and history equal an uninterrupted run."""
   rng = random.Random()
   seed = rng.randrange(1 << 30)
@@ -179,8 +197,8 @@ def test_wrn_sigkill_resume_crosses_the_lr_boundary_bit_equal(tmp_path) -> None:
     jax.tree.leaves_with_path(state_ref), jax.tree.leaves_with_path(state_cut), strict=True
   ):
     np.testing.assert_array_equal(a, b, err_msg=f"seed {seed}: {jax.tree_util.keystr(path)}")
-  timing = ("images_per_s",)  # wall-clock, differs by nature
+  timing = ("epoch/images_per_s",)  # wall-clock, differs by nature
   strip = lambda h: [{k: v for k, v in r.items() if k not in timing} for r in h]  # noqa: E731
   assert strip(meta_ref["history"]) == strip(meta_cut["history"]), f"seed {seed}"
-  assert meta_ref["history"][-1]["lr"] == pytest.approx(0.1 * 0.2)
+  assert meta_ref["history"][-1]["epoch/lr"] == pytest.approx(0.1 * 0.2)
   print(f"seed {seed}: WRN SIGKILL with last checkpoint {last}, resumed bit-equal")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from models.wrn import WideResNet, num_params
+from models.params import param_count
+from models.wrn import WideResNet
 
 
 def _tiny(**kw) -> WideResNet:
@@ -32,9 +33,9 @@ def _images(n: int, seed: int = 0, size: int = 8) -> jax.Array:
 )
 def test_parameter_count(depth: int, width: int, classes: int, expected: int) -> None:
   model = nnx.eval_shape(lambda: WideResNet(depth, width, classes, rngs=nnx.Rngs(0)))
-  assert num_params(model) == expected
+  assert param_count(model) == expected
   if (depth, width, classes) == (28, 10, 10):
-    assert abs(num_params(model) / 1e6 - 36.5) < 0.05
+    assert abs(param_count(model) / 1e6 - 36.5) < 0.05
 
 
 def test_output_shapes_and_block_shapes() -> None:

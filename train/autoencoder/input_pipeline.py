@@ -8,11 +8,12 @@ checksum (never a traceback from inside numpy or gzip).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import pathlib
 
 import numpy as np
+
+from train.common import data, errors
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHIPPED_DIR = REPO_ROOT / "data" / "mnist"
@@ -27,17 +28,8 @@ SHIPPED_TRAIN_SIZE = 8000
 """The shipped 10,000 t10k images are split: the first 8,000 train, the last 2,000 test."""
 
 
-class DataError(RuntimeError):
-  """A data file is missing, damaged, or not what was expected."""
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-  """Hex sha256 of a file's bytes."""
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
+DataError = errors.DataError
+sha256_of = data.sha256_of
 
 
 def read_idx(path: str | os.PathLike, *, verify: bool = True) -> np.ndarray:
@@ -109,7 +101,9 @@ def load_mnist(source: str = "shipped", data_dir: str | None = None) -> dict[str
     return {"train": x[:SHIPPED_TRAIN_SIZE], "test": x[SHIPPED_TRAIN_SIZE:]}
   if source == "idx":
     if not data_dir:
-      raise ValueError("source 'idx' needs data_dir: the folder with the four MNIST .gz files")
+      raise errors.ConfigError(
+        "config.data_source 'idx' needs config.data_dir: the folder with the four MNIST .gz files"
+      )
     d = pathlib.Path(data_dir).expanduser()
     if not d.is_dir():
       raise DataError(f"data_dir {d} is not a folder (it should hold the four MNIST .gz files)")
@@ -119,7 +113,7 @@ def load_mnist(source: str = "shipped", data_dir: str | None = None) -> dict[str
     }
   if source == "tfds":
     return _load_tfds(data_dir)
-  raise ValueError(f"data source must be 'shipped', 'idx' or 'tfds', got {source!r}")
+  raise errors.ConfigError(f"config.data_source must be 'shipped', 'idx' or 'tfds', got {source!r}")
 
 
 def _load_tfds(data_dir: str | None) -> dict[str, np.ndarray]:

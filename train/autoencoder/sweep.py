@@ -72,7 +72,7 @@ def verdict(results: dict[str, dict[str, Any]]) -> tuple[bool, str]:
   """
   so = sorted(
     (
-      (r["q"], r["history"][-1]["test_hoyer"])
+      (r["q"], r["history"][-1]["eval/hoyer"])
       for r in results.values()
       if r["regularizer"] == "sparseout"
     ),
@@ -91,7 +91,7 @@ def verdict(results: dict[str, dict[str, Any]]) -> tuple[bool, str]:
     parts.append("not monotone at " + "; ".join(broken))
   q2 = [h for q, h in so if q == 2.0]
   if q2 and "dropout" in results:
-    diff = abs(q2[0] - results["dropout"]["history"][-1]["test_hoyer"])
+    diff = abs(q2[0] - results["dropout"]["history"][-1]["eval/hoyer"])
     same = diff <= EQUAL_TOL
     held = held and same
     parts.append(f"q=2 vs dropout |diff|={diff:.1e} ({'equal' if same else 'DIFFERENT'})")
@@ -110,8 +110,8 @@ def write_outputs(
   for name, r in results.items():
     h = r["history"]
     ep = [row["epoch"] for row in h]
-    hoyer[f"{name} (loss {h[-1]['test_loss']:.4f})"] = (ep, [row["test_hoyer"] for row in h])
-    loss[name] = (ep[1:], [row["test_loss"] for row in h[1:]])
+    hoyer[f"{name} (loss {h[-1]['eval/loss']:.4f})"] = (ep, [row["eval/hoyer"] for row in h])
+    loss[name] = (ep[1:], [row["eval/loss"] for row in h[1:]])
   src = (
     "shipped t10k split" if base.data_source == "shipped" else f"{base.data_source} {base.data_dir}"
   )
@@ -158,8 +158,8 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     f = r["history"][-1]
     q = f"{r['q']:g}" if r["regularizer"] in ("sparseout", "bridgeout") else "-"
     lines.append(
-      f"{name:<18}{q:>6}{f['test_hoyer']:>12.4f}{f['test_loss']:>11.5f}{f['train_loss']:>12.5f}"
-      f"{f['test_frac_zero']:>8.3f}{f.get('test_dead_units', float('nan')):>7.3f}{f['test_mean_active']:>10.3f}"
+      f"{name:<18}{q:>6}{f['eval/hoyer']:>12.4f}{f['eval/loss']:>11.5f}{f['eval/train_loss']:>12.5f}"
+      f"{f['eval/zero_fraction']:>8.3f}{f['eval/dead_units']:>7.3f}{f['eval/mean_active']:>10.3f}"
     )
   lines.append(verdict(results)[1])
   return "\n".join(lines)

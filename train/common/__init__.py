@@ -14,6 +14,14 @@ One small module per job; import the module you need (nothing heavy is imported 
 - ``train.common.progress``: tqdm progress bar (process 0 only).
 - ``train.common.plots``: matplotlib (Agg) line plots saved to PNG.
 - ``train.common.preemption``: SIGTERM/SIGINT -> finish the step, checkpoint, exit 0 with a resume line.
-- ``train.common.guard``: non-finite loss/gradient guard (stop naming step and last good checkpoint, or
-  skip the step and count it).
+- ``train.common.guard``: the finiteness flag of a step and the error that stops a run.
+- ``train.common.step``: the train step every program shares (per-device keys, pmean, update, finite
+  check; ``optax.apply_if_finite`` when skipping non-finite steps).
+- ``train.common.loop``: the training loop every program runs (resume, epochs, evaluation rows,
+  metrics, checkpoints, preemption, non-finite policy, max_steps).
+- ``train.common.run_control``: the run-control config fields every program has.
+- ``train.common.evaluation``: sharded evaluation over a split and the per-layer sparsity records.
+- ``train.common.cli``: the command line every program's ``main.py`` shares.
+- ``train.common.labels``: run labels for progress bars and plot legends.
+- ``train.common.errors``: explicit error types for bad input, reported in one line.
 """

@@ -20,10 +20,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from train.common import errors
+
 PyTree = Any
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.UserError, RuntimeError):
   """A checkpoint could not be read (missing, truncated or not matching the model)."""
 
 

@@ -10,6 +10,8 @@ it would have seen.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterator, Mapping
 
 import jax
@@ -146,3 +148,12 @@ def eval_num_batches(num_examples: int, batch_size: int, process_count: int | No
   n_proc = jax.process_count() if process_count is None else process_count
   largest = (num_examples + n_proc - 1) // n_proc
   return (largest + batch_size - 1) // batch_size
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+  """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()

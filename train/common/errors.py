@@ -1,47 +1,42 @@
 """Clear command-line errors: a failure about the user's input prints one message, not a traceback.
 
-:func:`install` sets ``sys.excepthook`` so that an uncaught exception that is "about the input"
-prints ``error: <message>`` on stderr and exits with status 1. Such an exception is either one of the
-toolkit's own (:class:`~train.common.checkpoint.CheckpointError`,
-:class:`~train.common.guard.NonFiniteError`), or a ``ValueError``/``OSError``/``RuntimeError`` raised
-on purpose by this repository's code (its innermost frame is a ``raise`` statement in a file of the
-repository, not a library call): a bad config value, a missing or damaged data file; or a config
-file that ``ml_collections`` cannot load or that has a ``SyntaxError``. Anything else (a bug, an
-error from deep inside a library) keeps Python's full traceback. ``SPARSEOUT_TRACEBACK=1`` in the
-environment always shows the traceback.
+The programs raise the explicit types below for what the user can fix: :class:`ConfigError` (a bad
+config value), :class:`DataError` (a data file missing or damaged), and, defined beside the code
+that raises them, :class:`~train.common.checkpoint.CheckpointError` and
+:class:`~train.common.guard.NonFiniteError`; all derive from :class:`UserError`. :func:`install`
+sets ``sys.excepthook`` so that an uncaught :class:`UserError`, or a config file that
+``ml_collections`` cannot load or that has a ``SyntaxError``, prints ``error: <message>`` on stderr
+and exits with status 1. Anything else (a bug, an error from deep inside a library) keeps Python's
+full traceback. ``SPARSEOUT_TRACEBACK=1`` in the environment always shows the traceback.
 """
 
 from __future__ import annotations
 
-import linecache
 import os
 import sys
 import traceback
 import types
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_ON_PURPOSE = (ValueError, OSError, RuntimeError, FloatingPointError)
 _CONFIG_FLAGS = os.path.join("ml_collections", "config_flags", "config_flags.py")
 
 
-def _innermost(tb: types.TracebackType | None) -> types.TracebackType | None:
-  last = None
-  while tb is not None:
-    last, tb = tb, tb.tb_next
-  return last
+class UserError(Exception):
+  """An error whose message is the whole report: bad input, damaged files, a run that diverged."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config value outside its allowed range (the message names the field and the range)."""
+
+
+class DataError(UserError, FileNotFoundError):
+  """A data file is missing, damaged, or not what was expected (the message names the file)."""
 
 
 def _innermost_file(tb: types.TracebackType | None) -> str:
-  last = _innermost(tb)
+  last = None
+  while tb is not None:
+    last, tb = tb, tb.tb_next
   return "" if last is None else os.path.abspath(last.tb_frame.f_code.co_filename)
-
-
-def _raised_in_repo(tb: types.TracebackType | None) -> bool:
-  """The innermost frame is a ``raise`` statement in a repository file (not a library call there)."""
-  last, path = _innermost(tb), _innermost_file(tb)
-  if last is None or not path.startswith(_REPO + os.sep) or "site-packages" in path:
-    return False
-  return linecache.getline(path, last.tb_lineno).lstrip().startswith("raise")
 
 
 def is_user_error(exc: BaseException) -> bool:
@@ -52,16 +47,19 @@ def is_user_error(exc: BaseException) -> bool:
 
   Returns:
     Whether a one-line message (no traceback) is the right report.
-  """
-  from train.common import checkpoint, guard
 
-  if isinstance(exc, (checkpoint.CheckpointError, guard.NonFiniteError)):
+  Example:
+    >>> is_user_error(ConfigError("config.rate must be in [0, 1), got 1.5"))
+    True
+    >>> is_user_error(ValueError("a bug"))
+    False
+  """
+  if isinstance(exc, UserError):
     return True
   if isinstance(exc, SyntaxError):  # e.g. in a config file: file, line and text say it all
     return bool(exc.filename) and not exc.filename.startswith("<")
-  if isinstance(exc, OSError) and _innermost_file(exc.__traceback__).endswith(_CONFIG_FLAGS):
-    return True  # ml_collections reports a config file it could not load (missing, failing)
-  return isinstance(exc, _ON_PURPOSE) and _raised_in_repo(exc.__traceback__)
+  # ml_collections reports a config file it could not load (missing, failing) as an OSError.
+  return isinstance(exc, OSError) and _innermost_file(exc.__traceback__).endswith(_CONFIG_FLAGS)
 
 
 def _hook(

@@ -1,10 +1,10 @@
-"""Non-finite loss/gradient guard: stop with a clear message, or skip the step and count it.
+"""Non-finite steps: the finiteness flag a step computes, and the error that stops a run.
 
-Inside the jitted step compute ``ok = all_finite((loss, grads))`` and, when skipping is enabled,
-keep the old state with ``select_tree(ok, new_state, old_state)``; return ``ok`` with the metrics.
-On the host call :meth:`NonFiniteGuard.check` each step: in "stop" mode it raises
-:class:`NonFiniteError` naming the step and the last good checkpoint (which is never overwritten,
-because the loop stops before saving); in "skip" mode it counts the skipped steps.
+The shared step (:mod:`train.common.step`) returns ``ok = all_finite((loss, grads))`` with its
+metrics; the shared loop (:mod:`train.common.loop`) reads it every ``log_every`` steps and either
+raises :class:`NonFiniteError` naming the step and the last good checkpoint, or counts the step as
+skipped (then ``optax.apply_if_finite`` left the optimizer state as it was, and
+:func:`select_tree` kept the rest of the state).
 """
 
 from __future__ import annotations
@@ -13,17 +13,23 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from train.common import errors
 
 PyTree = Any
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(errors.UserError, FloatingPointError):
   """A loss or gradient became NaN/inf and the run was told to stop."""
 
 
 def all_finite(tree: PyTree) -> jax.Array:
-  """Scalar bool: every element of every floating leaf of ``tree`` is finite (usable under jit/pmap)."""
+  """Scalar bool: every element of every floating leaf of ``tree`` is finite (usable under jit/pmap).
+
+  Example:
+    >>> bool(all_finite({"a": jnp.ones(2), "b": jnp.array([1.0, jnp.nan])}))
+    False
+  """
   leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
   if not leaves:
     return jnp.asarray(True)
@@ -31,53 +37,10 @@ def all_finite(tree: PyTree) -> jax.Array:
 
 
 def select_tree(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
-  """Leafwise ``where(pred, on_true, on_false)`` for a scalar ``pred`` (keeps the old state on a bad step)."""
-  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+  """Leafwise ``where(pred, on_true, on_false)`` for a scalar ``pred`` (keeps the old state on a bad step).
 
-
-class NonFiniteGuard:
-  """Host-side decision on a step whose loss or gradient was not finite.
-
-  Args:
-    skip: if True, count bad steps (the step function must have kept the old state) instead of
-      stopping.
-    max_skips: with ``skip``, stop anyway after this many skipped steps (None: never).
+  Example:
+    >>> select_tree(jnp.asarray(False), {"w": jnp.ones(2)}, {"w": jnp.zeros(2)})["w"].tolist()
+    [0.0, 0.0]
   """
-
-  def __init__(self, skip: bool = False, max_skips: int | None = None):
-    self.skip = skip
-    self.max_skips = max_skips
-    self.skipped = 0
-
-  def check(self, step: int, ok: Any, loss: Any = None, last_checkpoint: str | None = None) -> bool:
-    """Return True if the step was finite; otherwise count it (skip mode) or raise.
-
-    Args:
-      step: the global step just run.
-      ok: the step's finiteness flag (any array-like; all elements must be true).
-      loss: the loss value, for the message.
-      last_checkpoint: path of the last good checkpoint, for the message.
-
-    Returns:
-      True for a finite step, False for a skipped one.
-
-    Raises:
-      NonFiniteError: in stop mode, or when ``max_skips`` is exceeded.
-    """
-    if bool(np.all(np.asarray(ok))):
-      return True
-    where = last_checkpoint or "none (no checkpoint written yet)"
-    loss_txt = "" if loss is None else f" (loss={np.asarray(loss).ravel()[:1].tolist()})"
-    if self.skip:
-      self.skipped += 1
-      if self.max_skips is None or self.skipped <= self.max_skips:
-        return False
-      raise NonFiniteError(
-        f"step {step}: more than {self.max_skips} non-finite steps skipped{loss_txt}; stopping. "
-        f"Last good checkpoint: {where}"
-      )
-    raise NonFiniteError(
-      f"step {step}: non-finite loss or gradient{loss_txt}; stopping without saving. "
-      f"Last good checkpoint: {where}. Lower the learning rate, or set skip_nonfinite=True "
-      "in the config to skip such steps (they are counted in the metrics)."
-    )
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)

@@ -2,6 +2,30 @@
 
 Only process 0 writes (other processes get a writer whose methods do nothing), so multi-process
 runs produce one log. Read the JSONL back with :func:`read_jsonl`.
+
+Naming scheme, the same in every program (``train.autoencoder``, ``train.wrn``, ``train.lm``):
+
+- Every row has ``step`` (optimizer steps done when the row was written; the x-axis of every
+  metric), ``epoch`` (epochs finished when it was written, an int) and ``time`` (Unix seconds).
+- ``train/<name>``: the noisy training metrics of the steps since the previous train row (mean over
+  the finite steps), written every ``log_every`` steps: ``train/loss`` in every program, plus e.g.
+  ``train/error`` (WRN, %), ``train/nll``, ``train/ar``, ``train/tar``, ``train/grad_norm`` (LM).
+- ``eval/<name>``: measured at an evaluation, once per finished epoch (and at epoch 0 where a
+  program evaluates the untrained model), on the held-out split (test for the autoencoder and the
+  WRN, validation for the LM): ``eval/loss`` in every program, plus ``eval/error`` (WRN, %),
+  ``eval/ppl`` (LM), ``eval/hoyer``, ``eval/zero_fraction``, ... (autoencoder).
+- ``eval/sparsity/<layer path>/hoyer`` and ``eval/sparsity/<layer path>/zero_fraction``: the
+  per-layer sparsity records of the input of every Sparseout site (``record_sparsity``), at every
+  evaluation; ``<layer path>`` is the ``/``-joined path of the layer in the model.
+- ``epoch/<name>``: the finished epoch's summary, in the same row as its ``eval/*``:
+  ``epoch/train_<name>`` (mean of the noisy training metric over the epoch's finite steps),
+  ``epoch/skipped_steps`` (non-finite steps skipped so far), ``epoch/lr``, throughput
+  (``epoch/images_per_s``, ``epoch/tokens_per_s``) and other per-program figures.
+- ``test/<name>``: a final measurement after training (LM: ``test/ppl`` and ``test/loss`` of the
+  best checkpoint, with ``test/valid_ppl`` of the same checkpoint).
+
+So an evaluation row is one with an ``eval/loss`` key; a run resumed after a crash rewrites no row
+twice (the checkpoint records how many rows the log had; see :meth:`MetricsWriter.truncate`).
 """
 
 from __future__ import annotations
@@ -48,8 +72,12 @@ class MetricsWriter:
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = os.path.join(os.fspath(workdir), filename)
     self._tb = None
+    self.rows = 0
     if not self.enabled:
       return
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        self.rows = sum(1 for line in f if line.strip())
     os.makedirs(os.fspath(workdir), exist_ok=True)
     if tensorboard:
       from tensorboardX import SummaryWriter
@@ -70,11 +98,26 @@ class MetricsWriter:
     with open(self.path, "a") as f:
       # NaN/inf are written as JSON strings so every line stays valid JSON.
       f.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
+    self.rows += 1
     if self._tb is not None:
       for k, v in row.items():
         if k not in ("step", "time") and isinstance(v, (int, float)):
           self._tb.add_scalar(k, v, int(step))
       self._tb.flush()
+
+  def truncate(self, rows: int) -> None:
+    """Keep only the first ``rows`` rows of ``metrics.jsonl`` (those a resumed checkpoint had seen).
+
+    A run killed after writing rows that no checkpoint recorded replays those steps on restart;
+    cutting the log back to the checkpoint's count keeps every step and epoch in it once.
+    """
+    if not self.enabled or self.rows <= rows:
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if line.strip()][:rows]
+    with open(self.path, "w") as f:
+      f.writelines(kept)
+    self.rows = len(kept)
 
   def close(self) -> None:
     """Flush and close the TensorBoard writer."""

@@ -39,13 +39,26 @@ def replicate(tree: PyTree, devices: list[jax.Device] | None = None) -> PyTree:
 def unreplicate(tree: PyTree) -> PyTree:
   """Take device 0's copy of a replicated pytree (inverse of :func:`replicate`).
 
+  Works for a pmap over any subset of the local devices (flax's ``jax_utils.unreplicate`` returns
+  the stacked array there) and for host numpy leaves.
+
   Args:
     tree: pytree whose leaves have a leading device axis.
 
   Returns:
     The pytree without the device axis.
+
+  Example:
+    >>> unreplicate({"w": np.zeros((2, 3))})["w"].shape
+    (3,)
   """
-  return jax_utils.unreplicate(tree)
+
+  def first(x):
+    if isinstance(x, jax.Array) and len(x.addressable_shards) > 1:
+      return x.addressable_shards[0].data.reshape(x.shape[1:])
+    return x[0]
+
+  return jax.tree.map(first, tree)
 
 
 def shard(batch: PyTree, num_devices: int | None = None) -> PyTree:

@@ -88,3 +88,31 @@ def line_plot(
 ) -> str:
   """Save a single-panel line plot (see :func:`save_panels`); returns the absolute path."""
   return save_panels([Panel(series, xlabel, ylabel, title, logy)], path)
+
+
+def sparsity_plot(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> str | None:
+  """Per-layer Hoyer sparsity and zero fraction per epoch, from ``eval/sparsity/<layer>/<stat>`` entries.
+
+  Args:
+    history: evaluation rows (each with ``epoch``), as the training loop keeps them.
+    path: output PNG.
+
+  Returns:
+    The absolute path written, or None when no row has a sparsity record (nothing is drawn).
+  """
+  prefix = "eval/sparsity/"
+  panels = []
+  for stat, ylabel in (
+    ("hoyer", "Hoyer sparsity of the layer's input"),
+    ("zero_fraction", "fraction of zeros"),
+  ):
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for row in history:
+      for k, v in row.items():
+        if k.startswith(prefix) and k.endswith("/" + stat):
+          xs, ys = series.setdefault(k[len(prefix) : -len(stat) - 1], ([], []))
+          xs.append(row["epoch"])
+          ys.append(v)
+    if series:
+      panels.append(Panel(series, "epoch", ylabel, f"eval {stat} per Sparseout layer"))
+  return save_panels(panels, path) if panels else None

@@ -24,6 +24,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from train.common import errors
+
 EOS = "<eos>"
 
 
@@ -132,15 +134,6 @@ def read_words(path: str) -> list[str]:
   return words
 
 
-def sha256_of(path: str) -> str:
-  """Hex sha256 of a file."""
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def _missing_message(name: str, data_dir: str, missing: list[str]) -> str:
   spec = DATASETS[name]
   return (
@@ -179,7 +172,7 @@ def download(name: str, data_dir: str, timeout: float = 60.0) -> None:
     path = os.path.join(data_dir, fname)
     got = hashlib.sha256(blob).hexdigest()
     if got != digest:
-      raise ValueError(f"{path}: downloaded sha256 {got} != expected {digest}")
+      raise errors.DataError(f"{path}: downloaded sha256 {got} != expected {digest}")
     with open(path, "wb") as f:
       f.write(blob)
 
@@ -199,7 +192,7 @@ def ensure_files(name: str, data_dir: str, allow_download: bool = False) -> list
     FileNotFoundError: files missing and not downloadable, with a message naming them.
   """
   if name not in DATASETS:
-    raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {name!r}")
+    raise errors.ConfigError(f"config.dataset must be one of {sorted(DATASETS)}, got {name!r}")
   spec = DATASETS[name]
   paths = [os.path.join(data_dir, f) for f in spec.files]
   missing = [f for f, p in zip(spec.files, paths, strict=True) if not os.path.isfile(p)]
@@ -207,12 +200,12 @@ def ensure_files(name: str, data_dir: str, allow_download: bool = False) -> list
     try:
       download(name, data_dir)
     except OSError as e:
-      raise FileNotFoundError(
+      raise errors.DataError(
         f"download failed ({e}). " + _missing_message(name, data_dir, missing)
       ) from None
     missing = []
   if missing:
-    raise FileNotFoundError(_missing_message(name, data_dir, missing))
+    raise errors.DataError(_missing_message(name, data_dir, missing))
   return paths
 
 

@@ -1,19 +1,21 @@
-"""AWD-LSTM language-model training with Sparseout (paper 4.4): data-parallel pmap, SGD / NT-ASGD.
+"""AWD-LSTM language-model training with Sparseout (paper 4.4): the shared loop with this program's pieces.
 
-One global step: every device runs its share of the B streams through the model with its own
-noise key (``fold_in(step key, device)``), the gradients are ``pmean``-ed, clipped to global norm
-``clip``, weight decay is added and plain SGD applies ``lr * length / bptt`` (AWD-LSTM's scaling
-for variable windows). The hidden state is carried from window to window without gradient and
-reset at each epoch start. Resume is exact: the window schedule is a function of (seed, epoch),
-the step key of (seed, step), and the hidden state is checkpointed with the parameters.
+One global step (:mod:`train.common.step`): every device runs its share of the B streams through the model with
+its own noise key, the gradients are ``pmean``-ed, clipped to global norm ``clip``, weight decay is added and
+SGD applies ``lr * length / bptt`` (AWD-LSTM's scaling for variable windows). The state is one pytree: params,
+optimizer state, step, the hidden state carried from window to window without gradient (reset at each epoch's
+start), and NT-ASGD's averaged parameters with their count and on/off flag, so one compiled step serves SGD and
+averaged SGD. ``optimizer="ntasgd"`` switches to averaging when validation stops improving (AWD-LSTM's
+``main.py``); ``finetune_epochs`` then continues from the best checkpoint with averaged SGD from the first step
+until validation stops improving (AWD-LSTM's ``finetune.py``). At the end the best checkpoint is tested.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-import time
 from typing import Any
 
 import jax
@@ -23,25 +25,58 @@ import numpy as np
 import optax
 from flax import nnx
 
+import sparseout_jax
 from models import lstm_lm
-from train.common import checkpoint as ckpt_lib
-from train.common import guard as guard_lib
-from train.common import metrics as metrics_lib
-from train.common import parallel, plots, preemption, progress
+from models.params import param_count
+from train.common import checkpoint, errors, loop, parallel, plots
+from train.common import step as step_lib
 from train.lm import input_pipeline as ip
 
 PyTree = Any
 SITES = "eihow"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+OPTIMIZERS = ("sgd", "ntasgd")
 
 
-# ----------------------------------------------------------------------------- set-up
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Check the config's values once, where they enter; raise ConfigError naming the field."""
+  if config.compute_dtype not in DTYPES:
+    raise errors.ConfigError(
+      f"config.compute_dtype must be one of {tuple(DTYPES)}, got {config.compute_dtype!r}"
+    )
+  if config.optimizer not in OPTIMIZERS:
+    raise errors.ConfigError(
+      f"config.optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}"
+    )
+  if not config.data_dir:
+    raise errors.ConfigError(
+      "config.data_dir must name the folder with the corpus files, e.g. "
+      "--config.data_dir=../shared/data/ptb (add --config.download=True to fetch them there)"
+    )
+  for name in ("batch_size", "bptt", "num_epochs", "eval_batch_size", "test_batch_size", "nonmono"):
+    if int(config[name]) <= 0:
+      raise errors.ConfigError(f"config.{name} must be positive, got {config[name]}")
+  if int(config.finetune_epochs) < 0:
+    raise errors.ConfigError(f"config.finetune_epochs must be >= 0, got {config.finetune_epochs}")
+  if config.num_devices and (
+    jax.process_count() > 1 or config.num_devices > jax.local_device_count()
+  ):
+    raise errors.ConfigError(
+      f"config.num_devices={config.num_devices} needs one process with at least that many local "
+      f"devices (have {jax.local_device_count()} in {jax.process_count()} processes)"
+    )
+  n = (config.num_devices or jax.local_device_count()) * jax.process_count()
+  if config.batch_size % n:
+    raise errors.ConfigError(
+      f"config.batch_size ({config.batch_size}) must be divisible by processes x local devices ({n})"
+    )
 
 
 def regularisation_from_config(config: ml_collections.ConfigDict) -> lstm_lm.Regularisation:
-  """The model's rates and norms: ``q_<site>`` if set, else the global ``q``.
+  """The model's rates and norms: ``q_<site>`` if set, else the global ``q`` (the weight drop: ``q_w``).
 
   Args:
-    config: needs ``rate_e .. rate_w``, ``q`` and optional ``q_e .. q_w`` (None = use ``q``), ``impl``.
+    config: needs ``rate_e .. rate_w``, ``q``, ``q_w``, optional ``q_e .. q_o`` (None = use ``q``), ``impl``.
 
   Returns:
     The validated regularisation.
@@ -56,128 +91,113 @@ def regularisation_from_config(config: ml_collections.ConfigDict) -> lstm_lm.Reg
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> lstm_lm.LSTMLM:
   """Initialise the LM from the config (params float32; ``compute_dtype`` for the matmuls)."""
-  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  if config.compute_dtype not in dtypes:
-    raise ValueError(f"compute_dtype must be one of {sorted(dtypes)}, got {config.compute_dtype!r}")
   return lstm_lm.LSTMLM(
     vocab_size,
     config.emb_size,
     config.hidden_size,
     config.num_layers,
     regularisation_from_config(config),
-    compute_dtype=dtypes[config.compute_dtype],
+    compute_dtype=DTYPES[config.compute_dtype],
     backend=config.backend,
+    record_sparsity=bool(config.record_sparsity),
     rngs=nnx.Rngs(params=config.seed),
   )
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Global-norm clip, then weight decay, then SGD at the base lr (PyTorch SGD order)."""
-  return optax.chain(
+  """Global-norm clip, then weight decay, then SGD at the base lr (PyTorch SGD order; AWD's ASGD is the same
+  update, the averaging lives in the state)."""
+  tx = optax.chain(
     optax.clip_by_global_norm(config.clip),
     optax.add_decayed_weights(config.weight_decay),
     optax.sgd(config.learning_rate),
   )
+  return step_lib.optimizer(tx, bool(config.skip_nonfinite))
 
 
-def _first_replica(tree: PyTree) -> PyTree:
-  """Device 0's copy of a pmap-replicated tree.
-
-  (flax's ``jax_utils.unreplicate`` returns the stacked array when pmap ran on a subset of
-  the local devices, e.g. ``num_devices=1`` of 8; this works for any device count.)
-  """
-  return jax.tree.map(lambda x: x.addressable_shards[0].data.reshape(x.shape[1:]), tree)
-
-
-def _time_major_shard(x: np.ndarray, n: int) -> np.ndarray:
-  """``(T, B, ...) -> (n, T, B // n, ...)``: each device gets a contiguous block of streams."""
-  t, b = x.shape[:2]
-  if b % n:
-    raise ValueError(f"per-host batch size {b} is not divisible by the {n} local devices")
-  return np.swapaxes(x.reshape((t, n, b // n) + x.shape[2:]), 0, 1)
-
-
-def _carry_shard(carry: PyTree, n: int) -> PyTree:
-  """Host carry ``(B, H)`` leaves -> device layout ``(n, B // n, H)``."""
-  return jax.tree.map(lambda c: np.asarray(c).reshape((n, c.shape[0] // n) + c.shape[1:]), carry)
-
-
-def _carry_unshard(carry: PyTree) -> PyTree:
-  """Device carry ``(n, b, H)`` -> host ``(n * b, H)`` numpy."""
-  return jax.tree.map(lambda c: np.asarray(c).reshape((-1,) + c.shape[2:]), carry)
-
-
-# ----------------------------------------------------------------------------- steps
+def init_state(config: ml_collections.ConfigDict, vocab_size: int):
+  """``(graphdef, state, tx)`` for a fresh run; ``state["carry"]`` is the global ``(B, H)`` hidden state."""
+  model = build_model(config, vocab_size)
+  graphdef, params = nnx.split(model)
+  tx = make_optimizer(config)
+  state = {
+    "params": params,
+    "opt_state": tx.init(params),
+    "step": jnp.zeros((), jnp.int32),
+    "carry": jax.tree.map(np.asarray, model.init_carry(config.batch_size)),
+    "avg": params,  # NT-ASGD's average of the iterates since the switch (unused before it)
+    "n_avg": jnp.zeros((), jnp.int32),
+    "asgd": jnp.zeros((), jnp.bool_),
+  }
+  return graphdef, state, tx
 
 
 def make_train_step(
   graphdef: Any,
   tx: optax.GradientTransformation,
   config: ml_collections.ConfigDict,
-  average: bool,
   devices: list[Any] | None = None,
 ):
-  """Build the pmapped train step.
+  """The pmapped step ``(state, batch, key) -> (state, metrics)``.
 
-  Args:
-    graphdef: the model's graph definition (``nnx.split``).
-    tx: the optimizer.
-    config: needs ``alpha``, ``beta``, ``bptt``.
-    average: also update the NT-ASGD running average of the parameters.
-    devices: the pmap devices (default: all local devices).
-
-  Returns:
-    ``step(params, opt_state, avg, carry, x, y, length, n_avg, key) -> (params, opt_state, avg,
-    carry, metrics)``; array arguments are per-device (leading device axis) except ``length``,
-    ``n_avg`` and ``key`` (shared).
+  ``batch`` = {"x", "y": ``(T, b)`` token ids of this device's streams, "length": the real steps}. After
+  the update, when ``state["asgd"]``: ``n_avg += 1``, ``avg += (params - avg) / n_avg`` (torch ASGD with
+  t0 = 0, lambd = 0: the mean of the iterates since the switch).
   """
   alpha, beta, bptt = float(config.alpha), float(config.beta), float(config.bptt)
+  tokens = float(config.batch_size)
 
-  def step(params, opt_state, avg, carry, x, y, length, n_avg, key):
-    key = parallel.device_key(key)
-    weights = jnp.broadcast_to((jnp.arange(x.shape[0]) < length)[:, None], x.shape).astype(
-      jnp.float32
+  def loss_fn(params, state, batch, key):
+    x, y, length = batch["x"], batch["y"], batch["length"]
+    weights = jnp.broadcast_to((jnp.arange(x.shape[0]) < length)[:, None], x.shape)
+    weights = weights.astype(jnp.float32)
+    model = nnx.merge(graphdef, params)
+    (logits, carry, aux), _ = nnx.capture(model, nnx.Intermediate)(
+      x, state["carry"], key=key, length=length
     )
+    losses = lstm_lm.lm_losses(logits, y, weights, aux["raw"], aux["dropped"], alpha, beta)
+    metrics = {k: losses[k] for k in ("nll", "ar", "tar")} | {"weight": length * tokens}
+    return losses["loss"], (metrics, {"carry": jax.lax.stop_gradient(carry)})
 
-    def loss_fn(p):
-      model = nnx.merge(graphdef, p)
-      logits, new_carry, aux = model(x, carry, key=key, length=length)
-      losses = lstm_lm.lm_losses(logits, y, weights, aux["raw"], aux["dropped"], alpha, beta)
-      return losses["loss"], (losses, new_carry)
+  def average(state):
+    on = state["asgd"]
+    n = state["n_avg"] + on.astype(jnp.int32)
+    inv = 1.0 / jnp.maximum(n, 1).astype(jnp.float32)
+    avg = jax.tree.map(
+      lambda a, p: jnp.where(on, a + (p - a) * inv, a), state["avg"], state["params"]
+    )
+    return {**state, "avg": avg, "n_avg": n}
 
-    (_, (losses, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    grads = parallel.pmean(grads)
-    losses = parallel.pmean(losses)
-    ok = guard_lib.all_finite((losses["loss"], grads))
-    updates, opt_state = tx.update(grads, opt_state, params)
-    scale = length.astype(jnp.float32) / bptt  # AWD: lr * seq_len / bptt
-    updates = jax.tree.map(lambda u: u * scale, updates)
-    params = optax.apply_updates(params, updates)
-    if average:  # torch ASGD(t0=0, lambd=0): ax = mean of the iterates since the switch
-      avg = jax.tree.map(lambda a, p: a + (p - a) / n_avg.astype(a.dtype), avg, params)
-    grad_norm = optax.global_norm(grads)
-    metrics = dict(losses, grad_norm=grad_norm, ok=ok)
-    return params, opt_state, avg, jax.lax.stop_gradient(new_carry), metrics
-
-  return jax.pmap(
-    step,
-    axis_name=parallel.AXIS,
-    in_axes=(0, 0, 0, 0, 0, 0, None, None, None),
-    donate_argnums=(0, 1, 2, 3),
-    devices=devices,
+  step = step_lib.make_train_step(
+    loss_fn,
+    tx,
+    skip_nonfinite=bool(config.skip_nonfinite),
+    update_scale=lambda batch: batch["length"].astype(jnp.float32) / bptt,
+    after_update=average,
+    grad_norm=True,
   )
+  return step_lib.pmap_train_step(step, devices)
 
 
 def make_eval_step(graphdef: Any):
-  """Jitted evaluation window: ``(params, carry, x, y, w) -> (sum of w * nll, sum of w, carry)``."""
+  """Jitted evaluation window: ``(params, carry, x, y, w) -> (sum of w * nll, sum of w, carry, records)``.
+
+  ``records`` are the window's per-site sparsity records weighted by its real tokens (0 for a padded window).
+  """
 
   @jax.jit
   def step(params, carry, x, y, w):
     model = nnx.merge(graphdef, params)
-    logits, new_carry, _ = model(x, carry)
+    (logits, new_carry, _), captured = nnx.capture(model, nnx.Intermediate)(x, carry)
     logz = jax.nn.logsumexp(logits, axis=-1)
     tgt = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
-    return ((logz - tgt) * w).sum(), w.sum(), new_carry
+    full = jnp.all(w > 0).astype(jnp.float32) * w.sum()
+    recs = {
+      f"{path}/{k}": v * full
+      for path, rec in sparseout_jax.sparsity_records(captured).items()
+      for k, v in rec.items()
+    }
+    return ((logz - tgt) * w).sum(), w.sum(), new_carry, {**recs, "count": full}
 
   return step
 
@@ -185,7 +205,7 @@ def make_eval_step(graphdef: Any):
 def evaluate(
   graphdef: Any, params: PyTree, data: np.ndarray, batch_size: int, bptt: int, eval_step=None
 ) -> dict[str, float]:
-  """Perplexity of ``data`` with fixed windows, every target token counted once.
+  """Perplexity of ``data`` with fixed windows, every target token counted once; per-site sparsity records.
 
   Args:
     graphdef: the model's graph definition.
@@ -196,21 +216,21 @@ def evaluate(
     eval_step: a cached :func:`make_eval_step` (built if None).
 
   Returns:
-    ``{"loss": mean nll, "ppl": exp(loss), "tokens": count}``.
+    ``{"loss": mean nll, "ppl": exp(loss), "tokens": count, "sparsity/<site>/<stat>": ...}``.
   """
   eval_step = eval_step or make_eval_step(graphdef)
-  model = nnx.merge(graphdef, params)
-  carry = model.init_carry(batch_size)
-  total, count = 0.0, 0.0
+  carry = nnx.merge(graphdef, params).init_carry(batch_size)
+  total, count, recs = 0.0, 0.0, {}
   for b in ip.eval_batches(data, batch_size, bptt):
-    s, n, carry = eval_step(params, carry, b.inputs, b.targets, b.weights)
+    s, n, carry, r = eval_step(params, carry, b.inputs, b.targets, b.weights)
     total += float(s)
     count += float(n)
+    for k, v in r.items():
+      recs[k] = recs.get(k, 0.0) + float(v)
   loss = total / count
-  return {"loss": loss, "ppl": math.exp(loss), "tokens": int(count)}
-
-
-# ----------------------------------------------------------------------------- loop
+  n_rec = recs.pop("count", 0.0)
+  out = {"loss": loss, "ppl": math.exp(loss), "tokens": int(count)}
+  return out | {f"sparsity/{k}": v / n_rec for k, v in recs.items() if n_rec > 0}
 
 
 def _load_data(config: ml_collections.ConfigDict) -> ip.Corpus:
@@ -224,284 +244,259 @@ def _load_data(config: ml_collections.ConfigDict) -> ip.Corpus:
   )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Train, validate each epoch, keep the best checkpoint, test it at the end.
+def _time_major_shard(x: np.ndarray, n: int) -> np.ndarray:
+  """``(T, B, ...) -> (n, T, B // n, ...)``: each device gets a contiguous block of streams."""
+  t, b = x.shape[:2]
+  return np.swapaxes(x.reshape((t, n, b // n) + x.shape[2:]), 0, 1)
+
+
+def device_batch(window: ip.Window, n_dev: int) -> dict[str, np.ndarray]:
+  """A training window laid out for the pmapped step (streams split over ``n_dev`` devices)."""
+  return {
+    "x": _time_major_shard(window.inputs, n_dev),
+    "y": _time_major_shard(window.targets, n_dev),
+    "length": np.full((n_dev,), window.length, np.int32),
+  }
+
+
+class Layout:
+  """Where the state lives: replicated over this process's devices, the carry split by stream.
 
   Args:
-    config: an ``ml_collections.ConfigDict`` as in ``train/lm/configs/``.
-    workdir: output folder: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``,
-      ``valid_curve.png``, ``results.json``. A run restarted with the same workdir resumes.
-
-  Returns:
-    Final results (best epoch, valid and test perplexity of the best checkpoint, tokens/s).
+    devices: this process's devices of the pmap.
+    batch_size: global number of streams B.
   """
-  os.makedirs(workdir, exist_ok=True)
-  devices = jax.local_devices()
-  if config.num_devices:
-    if jax.process_count() > 1 or config.num_devices > len(devices):
-      raise ValueError(
-        f"num_devices={config.num_devices} needs one process with at least that many local "
-        f"devices (have {len(devices)} in {jax.process_count()} processes)"
-      )
-    devices = devices[: config.num_devices]
-  n_dev = len(devices)
-  p_idx, p_cnt = jax.process_index(), jax.process_count()
-  is_main = p_idx == 0
-  corpus = _load_data(config)
-  vocab_size = len(corpus.vocab)
 
-  model = build_model(config, vocab_size)
-  graphdef, params = nnx.split(model)
-  tx = make_optimizer(config)
-  opt_state = tx.init(params)
-  avg = params  # NT-ASGD average (unused until the switch)
-
-  streams = ip.batchify(corpus.train, config.batch_size)
-  host_streams = ip.shard_for_process(streams, p_idx, p_cnt)
-  b_host = host_streams.shape[1]
-  if b_host % n_dev:
-    raise ValueError(
-      f"batch_size {config.batch_size} must be divisible by processes x local devices "
-      f"({p_cnt} x {n_dev})"
-    )
-  zero_carry = jax.tree.map(np.asarray, model.init_carry(config.batch_size))  # global (B, H)
-
-  checkpointer = ckpt_lib.Checkpointer(
-    os.path.join(workdir, "checkpoints"), keep_latest=1, keep_best=1, best_metric="valid_ppl"
-  )
-  meta: dict[str, Any] = {
-    "epoch": 1,
-    "window": 0,
-    "step": 0,
-    "asgd": False,
-    "n_avg": 0,
-    "val_hist": [],
-    "epoch_nll": 0.0,
-    "epoch_tokens": 0,
-    "epoch_time": 0.0,
-    "history": [],
-  }
-  carry_host = zero_carry
-  restored = checkpointer.restore(
-    {"params": params, "opt_state": opt_state, "avg": avg, "carry": zero_carry}
-  )
-  if restored is not None:
-    state, meta = restored
-    params, opt_state, avg = state["params"], state["opt_state"], state["avg"]
-    carry_host = state["carry"]
-    if is_main:
-      print(
-        f"resumed from {checkpointer.path(meta['step'])}: epoch {meta['epoch']}, "
-        f"window {meta['window']}, step {meta['step']}",
-        flush=True,
-      )
-
-  def carry_to_devices(c):
-    """Global host carry (B, H) -> this host's streams on its local devices."""
-    c = jax.tree.map(lambda a: a[p_idx * b_host : (p_idx + 1) * b_host], c)
-    # Placed like parallel.replicate's output (and pmap's), so the step compiles once, not twice.
+  def __init__(self, devices: list[Any], batch_size: int):
+    self.devices = devices
+    self.n_dev = len(devices)
+    self.b_host = batch_size // jax.process_count()
+    self.lo = jax.process_index() * self.b_host
     mesh = jax.sharding.Mesh(np.array(devices), (parallel.AXIS,))
-    sharding = jax.NamedSharding(mesh, jax.P(parallel.AXIS))
-    return jax.device_put(_carry_shard(c, n_dev), sharding)
+    # Placed like parallel.replicate's output (and pmap's), so the step compiles once, not twice.
+    self.sharding = jax.NamedSharding(mesh, jax.P(parallel.AXIS))
 
-  r_params, r_opt, r_avg = (
-    parallel.replicate(params, devices),
-    parallel.replicate(opt_state, devices),
-    parallel.replicate(avg, devices),
-  )
-  r_carry = carry_to_devices(carry_host)
-  # pmap's `devices` must list every process's devices; pass it only for a single-process subset.
-  pmap_devices = devices if config.num_devices else None
-  steps = {
-    avg_flag: make_train_step(graphdef, tx, config, avg_flag, pmap_devices)
-    for avg_flag in (False, True)
-  }
-  eval_step = make_eval_step(graphdef)
-  root_key = jax.random.key(config.seed)
-  writer = metrics_lib.MetricsWriter(workdir)
-  guard = guard_lib.NonFiniteGuard(skip=False)
-  seen_shapes: set[int] = set()
+  def carry_to_devices(self, carry: PyTree) -> PyTree:
+    """Global host carry ``(B, H)`` -> this process's streams, ``(n_dev, B_host / n_dev, H)`` on its devices."""
 
-  def global_carry(rc):
-    c = _carry_unshard(jax.device_get(rc))
-    if p_cnt > 1:
+    def one(c):
+      c = np.asarray(c)[self.lo : self.lo + self.b_host]
+      return c.reshape((self.n_dev, c.shape[0] // self.n_dev) + c.shape[1:])
+
+    return jax.device_put(jax.tree.map(one, carry), self.sharding)
+
+  def global_carry(self, carry: PyTree) -> PyTree:
+    """Device carry -> the global host ``(B, H)`` (gathered over processes)."""
+    c = jax.tree.map(lambda a: np.asarray(a).reshape((-1,) + a.shape[2:]), jax.device_get(carry))
+    if jax.process_count() > 1:
       from jax.experimental import multihost_utils
 
       c = jax.tree.map(lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)), c)
     return c
 
-  def save(step_meta, metrics=None):
-    state = {
-      "params": _first_replica(r_params),
-      "opt_state": _first_replica(r_opt),
-      "avg": _first_replica(r_avg),
-      "carry": global_carry(r_carry),
-    }
-    checkpointer.save(step_meta["step"], state, meta=step_meta, metrics=metrics)
+  def to_device(self, state: PyTree) -> PyTree:
+    """Host state -> device state."""
+    rest = {k: v for k, v in state.items() if k != "carry"}
+    return parallel.replicate(rest, self.devices) | {"carry": self.carry_to_devices(state["carry"])}
 
-  def eval_params():
-    return _first_replica(r_avg if meta["asgd"] else r_params)
+  def to_host(self, rstate: PyTree) -> PyTree:
+    """Device state -> host state (what is checkpointed)."""
+    rest = parallel.unreplicate({k: v for k, v in rstate.items() if k != "carry"})
+    return checkpoint.to_host(rest) | {"carry": self.global_carry(rstate["carry"])}
 
-  start_time = time.time()
-  with preemption.PreemptionHandler() as preempt:
-    for epoch in range(meta["epoch"], config.num_epochs + 1):
-      sched = ip.train_windows(streams, config.bptt, config.seed, epoch, config.variable_bptt)
-      if config.max_steps_per_epoch:
-        sched = sched[: config.max_steps_per_epoch]
-      if meta["window"] == 0:  # AWD-LSTM resets the hidden state every epoch
-        r_carry = carry_to_devices(zero_carry)
-      bar = progress.progress_bar(
-        total=len(sched), initial=meta["window"], desc=f"epoch {epoch}", unit="win"
+
+def nonmonotone(losses: list[float], nonmono: int) -> bool:
+  """AWD-LSTM's trigger: the newest validation loss is worse than the best of those before the last ``nonmono``.
+
+  Example:
+    >>> nonmonotone([4.0, 5.0, 4.5, 4.6], nonmono=2)
+    True
+    >>> nonmonotone([5.0, 4.0, 3.9], nonmono=2)
+    False
+  """
+  *before, last = losses
+  return len(before) > nonmono and last > min(before[:-nonmono])
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Train, validate each epoch, keep the best checkpoint, optionally finetune, test the best one at the end.
+
+  Args:
+    config: an ``ml_collections.ConfigDict`` as in ``train/lm/configs/``.
+    workdir: output folder: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``, ``sparsity.png``,
+      ``valid_curve.png``, ``results.json``; the finetune stage in ``finetune/`` (same files). A run
+      restarted with the same workdir resumes.
+
+  Returns:
+    ``{"history", "workdir", "steps", "skipped_steps", "final"}``; ``final`` holds the best checkpoint's
+    valid and test perplexity, its epoch, the stage it came from and the mean tokens/s.
+  """
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  devices = jax.local_devices()[: config.num_devices or None]
+  layout = Layout(devices, int(config.batch_size))
+  corpus = _load_data(config)
+  graphdef, state, tx = init_state(config, len(corpus.vocab))
+  # pmap's `devices` must list every process's devices; pass it only for a single-process subset.
+  pstep = make_train_step(graphdef, tx, config, devices if config.num_devices else None)
+  eval_step = make_eval_step(graphdef)
+  streams = ip.batchify(corpus.train, config.batch_size)
+  host_streams = ip.shard_for_process(streams, jax.process_index(), jax.process_count())
+  root_key = jax.random.key(config.seed)
+
+  def run_stage(stage: int, stage_dir: str, num_epochs: int, init: PyTree) -> loop.Result:
+    """One training stage (0: SGD / NT-ASGD; 1: the averaged-SGD finetune) through the shared loop."""
+
+    @functools.lru_cache(maxsize=2)
+    def schedule(epoch: int) -> list[tuple[int, int]]:
+      # Stage 0 keeps the windows of 1-based epochs (seed, 1), (seed, 2), ...; the finetune draws its own.
+      sched = ip.train_windows(
+        streams, config.bptt, config.seed + 1000 * stage, epoch + 1, config.variable_bptt
       )
-      for wi in range(meta["window"], len(sched)):
-        start, length = sched[wi]
-        win = ip.make_window(host_streams, start, length, config.bptt_bucket)
-        x = _time_major_shard(win.inputs, n_dev)
-        y = _time_major_shard(win.targets, n_dev)
-        key = jax.random.fold_in(root_key, meta["step"])
-        t0 = time.time()
-        meta["n_avg"] += int(meta["asgd"])
-        r_params, r_opt, r_avg, r_carry, m = steps[meta["asgd"]](
-          r_params,
-          r_opt,
-          r_avg,
-          r_carry,
-          x,
-          y,
-          jnp.int32(length),
-          jnp.int32(max(meta["n_avg"], 1)),
-          key,
-        )
-        nll, loss = float(m["nll"][0]), float(m["loss"][0])
-        dt = time.time() - t0
-        meta["step"] += 1
-        guard.check(meta["step"], m["ok"], loss, None)
-        shape_key = (win.inputs.shape[0], meta["asgd"])
-        tokens = length * config.batch_size
-        meta["epoch_nll"] += nll * tokens
-        meta["epoch_tokens"] += tokens
-        if shape_key in seen_shapes:  # compile steps are left out of the throughput
-          meta["epoch_time"] += dt
-          meta["timed_tokens"] = meta.get("timed_tokens", 0) + tokens
-        seen_shapes.add(shape_key)
-        bar.update(1)
-        bar.set_postfix(ppl=f"{math.exp(min(nll, 50)):.1f}", refresh=False)
-        if config.log_every and meta["step"] % config.log_every == 0:
-          writer.write(
-            meta["step"],
-            {
-              "train/loss": loss,
-              "train/nll": nll,
-              "train/ar": float(m["ar"][0]),
-              "train/tar": float(m["tar"][0]),
-              "train/grad_norm": float(m["grad_norm"][0]),
-            },
-          )
-        meta["window"] = wi + 1
-        stop_now = config.interrupt_at_step and meta["step"] == config.interrupt_at_step
-        if preempt.should_stop() or stop_now:
-          bar.close()
-          save(meta)
-          writer.close()
-          if stop_now:
-            return {"interrupted_at_step": meta["step"]}
-          preempt.exit(
-            meta["step"],
-            checkpointer.path(meta["step"]),
-            preemption.resume_command("train.lm.main"),
-          )
-      bar.close()
+      return sched[: config.max_steps_per_epoch or None]
 
-      t_eval = time.time()
+    def batches(epoch: int, start: int):
+      for begin, length in schedule(epoch)[start:]:
+        window = ip.make_window(host_streams, begin, length, config.bptt_bucket)
+        yield device_batch(window, layout.n_dev)
+
+    def start_epoch(rstate, epoch: int):
+      return rstate | {"carry": layout.carry_to_devices(state["carry"])}  # AWD resets it each epoch
+
+    def evaluate_epoch(rstate, info: loop.EpochInfo) -> dict[str, float]:
+      host = parallel.unreplicate({k: rstate[k] for k in ("params", "avg", "asgd")})
+      params = host["avg"] if bool(host["asgd"]) else host["params"]
       valid = evaluate(
-        graphdef, eval_params(), corpus.valid, config.eval_batch_size, config.bptt, eval_step
+        graphdef, params, corpus.valid, config.eval_batch_size, config.bptt, eval_step
       )
-      eval_time = time.time() - t_eval
-      tok_s = (
-        meta.get("timed_tokens", 0) / meta["epoch_time"] if meta["epoch_time"] > 0 else float("nan")
-      )
-      row = {
-        "epoch": epoch,
-        "train_loss": meta["epoch_nll"] / max(meta["epoch_tokens"], 1),
-        "valid_loss": valid["loss"],
-        "valid_ppl": valid["ppl"],
-        "tokens_per_s": tok_s,
-        "epoch_train_s": meta["epoch_time"],
-        "eval_s": eval_time,
-        "elapsed_s": time.time() - start_time,
-        "asgd": int(meta["asgd"]),
-        "step": meta["step"],
+      tokens = sum(length for _, length in schedule(info.epoch - 1)) * config.batch_size
+      return {f"eval/{k}": v for k, v in valid.items()} | {
+        "epoch/tokens_per_s": tokens / info.seconds if info.steps else float("nan"),
+        "epoch/asgd": int(bool(host["asgd"])),
       }
-      row["train_ppl"] = math.exp(min(row["train_loss"], 50))
-      writer.write(epoch, {f"epoch/{k}": v for k, v in row.items()})
-      meta["history"].append(row)
-      if is_main:
-        print(
-          json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
-          flush=True,
-        )
-      # NT-ASGD (AWD-LSTM): switch to averaging once validation stops improving for `nonmono` epochs.
-      if (
-        config.optimizer == "ntasgd"
-        and not meta["asgd"]
-        and len(meta["val_hist"]) > config.nonmono
-        and valid["loss"] > min(meta["val_hist"][: -config.nonmono])
-      ):
-        meta["asgd"], meta["n_avg"] = True, 0
-        r_avg = r_params
-        r_params = jax.tree.map(jnp.copy, r_params)  # r_avg must not alias donated params
-        if is_main:
-          print(f"epoch {epoch}: switching to ASGD (averaged parameters)", flush=True)
-      meta["val_hist"].append(valid["loss"])
-      meta.update(
-        epoch=epoch + 1, window=0, epoch_nll=0.0, epoch_tokens=0, epoch_time=0.0, timed_tokens=0
-      )
-      save(meta, {"valid_ppl": valid["ppl"]})
 
-  # Test the best checkpoint.
-  best = checkpointer.restore(
-    {"params": params, "opt_state": opt_state, "avg": avg, "carry": zero_carry}, best=True
-  )
-  state, best_meta = best
-  best_params = jax.tree.map(jnp.asarray, state["avg"] if best_meta["asgd"] else state["params"])
-  valid = evaluate(
-    graphdef, best_params, corpus.valid, config.eval_batch_size, config.bptt, eval_step
-  )
-  test = evaluate(
-    graphdef, best_params, corpus.test, config.test_batch_size, config.bptt, eval_step
-  )
-  hist = meta["history"]
-  results = {
-    "best_epoch": best_meta["epoch"] - 1,
+    def end_epoch(rstate, row, history):
+      losses = [r["eval/loss"] for r in history if r["epoch"] > 0]
+      if not nonmonotone(losses, config.nonmono):
+        return rstate, False
+      if stage == 1:  # finetune.py: "Done!" once validation stops improving
+        return rstate, True
+      if config.optimizer == "ntasgd" and not bool(parallel.unreplicate(rstate["asgd"])):
+        if jax.process_index() == 0:
+          print(f"epoch {row['epoch']}: switching to ASGD (averaged parameters)", flush=True)
+        return switch_to_asgd(rstate), False
+      return rstate, False
+
+    program = loop.Program(
+      module="train.lm.main",
+      label=f"{config.dataset} {config.impl} q={config.q:g}" + (" finetune" if stage else ""),
+      num_epochs=num_epochs,
+      steps_in_epoch=lambda epoch: len(schedule(epoch)),
+      batches=batches,
+      train_step=lambda rstate, batch: pstep(rstate, batch, jax.random.fold_in(root_key, stage)),
+      evaluate=evaluate_epoch,
+      best_metric="eval/ppl",
+      # The finetune's starting point competes for best, as finetune.py saves only improvements on it.
+      evaluate_untrained=stage == 1,
+      checkpoint_untrained=stage == 1,
+      start_epoch=start_epoch,
+      end_epoch=end_epoch,
+      to_host=layout.to_host,
+      to_device=layout.to_device,
+    )
+    return loop.run(program, config, stage_dir, init)
+
+  def switch_to_asgd(rstate):
+    # The average starts from the current iterate (it must not alias the donated params).
+    on = parallel.replicate({"asgd": np.bool_(True), "n_avg": np.int32(0)}, devices)
+    return rstate | {"avg": jax.tree.map(jnp.copy, rstate["params"])} | on
+
+  out = run_stage(0, workdir, int(config.num_epochs), state)
+  final_dir, final, stage = workdir, out, 0
+  if out.finished and int(config.finetune_epochs) > 0:
+    best, _ = best_checkpoint(workdir, state)
+    best_params = best["avg"] if bool(best["asgd"]) else best["params"]
+    params = jax.tree.unflatten(jax.tree.structure(state["params"]), jax.tree.leaves(best_params))
+    start = state | {"params": params, "avg": params, "asgd": np.bool_(True), "n_avg": np.int32(0)}
+    final_dir, stage = os.path.join(workdir, "finetune"), 1
+    final = run_stage(1, final_dir, int(config.finetune_epochs), start)
+  summary = {
+    "history": final.history,
+    "workdir": os.path.abspath(workdir),
+    "steps": final.steps,
+    "skipped_steps": final.skipped_steps,
+    "final": {},
+  }
+  # A stage stopped by max_steps is resumed by running again; only a finished run is tested.
+  if not (final.finished or stage == 1):
+    return summary
+  best, best_meta = best_checkpoint(final_dir, state)
+  params = jax.tree.map(jnp.asarray, best["avg"] if bool(best["asgd"]) else best["params"])
+  valid = evaluate(graphdef, params, corpus.valid, config.eval_batch_size, config.bptt, eval_step)
+  test = evaluate(graphdef, params, corpus.test, config.test_batch_size, config.bptt, eval_step)
+  hist = final.history
+  summary["final"] = {
+    "stage": stage,
+    "best_epoch": best_meta["epoch"],
     "epochs": len(hist),
     "valid_ppl": valid["ppl"],
     "test_ppl": test["ppl"],
+    "test_loss": test["loss"],
     "valid_tokens": valid["tokens"],
     "test_tokens": test["tokens"],
-    "tokens_per_s_mean": float(np.nanmean([h["tokens_per_s"] for h in hist]))
+    "tokens_per_s_mean": float(np.nanmean([h["epoch/tokens_per_s"] for h in hist]))
     if hist
     else float("nan"),
-    "steps": meta["step"],
-    "params": lstm_lm.param_count(params),
+    "steps": final.steps,
+    "params": param_count(state["params"]),
   }
-  writer.write(meta["step"], {f"final/{k}": v for k, v in results.items()})
+  write_results(config, final_dir, summary["final"], hist)
+  return summary
+
+
+def best_checkpoint(stage_dir: str, template: PyTree) -> tuple[PyTree, dict]:
+  """The host state and metadata of the best (lowest validation perplexity) checkpoint of a stage."""
+  ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"), best_metric="eval/ppl")
+  target = {**template, "opt_state": step_lib.inner_opt_state(template["opt_state"])}
+  state, meta = ckpt.restore(target, best=True)
+  ckpt.close()
+  return state, meta
+
+
+def write_results(
+  config: ml_collections.ConfigDict, workdir: str, results: dict, hist: list[dict]
+) -> None:
+  """``test/*`` row in metrics.jsonl, ``results.json``, ``valid_curve.png``; print the results (process 0)."""
+  if jax.process_index() != 0:
+    return
+  from train.common import metrics
+
+  writer = metrics.MetricsWriter(workdir)
+  last_epoch = hist[-1]["epoch"] if hist else 0
+  writer.write(
+    results["steps"],
+    {"epoch": last_epoch}
+    | {
+      f"test/{k[5:] if k.startswith('test_') else k}": results[k]
+      for k in ("test_ppl", "test_loss", "valid_ppl", "best_epoch")
+    },
+  )
   writer.close()
-  checkpointer.close()
-  if is_main:
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump(dict(results, config=config.to_dict(), history=hist), f, indent=1, default=str)
-    if hist:
-      ep = [h["epoch"] for h in hist]
-      plots.line_plot(
-        {
-          "valid": (ep, [h["valid_ppl"] for h in hist]),
-          "train": (ep, [h["train_ppl"] for h in hist]),
-        },
-        os.path.join(workdir, "valid_curve.png"),
-        xlabel="epoch",
-        ylabel="perplexity",
-        title=f"{config.dataset} q={config.q} impl={config.impl}",
-        logy=True,
-      )
-    print(json.dumps({k: v for k, v in results.items()}), flush=True)
-  return results
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(dict(results, config=config.to_dict(), history=hist), f, indent=1, default=str)
+  if hist:
+    trained = [h for h in hist if "epoch/train_nll" in h]  # not the finetune's starting point
+    plots.line_plot(
+      {
+        "valid": ([h["epoch"] for h in hist], [h["eval/ppl"] for h in hist]),
+        "train": (
+          [h["epoch"] for h in trained],
+          [math.exp(min(h["epoch/train_nll"], 50.0)) for h in trained],
+        ),
+      },
+      os.path.join(workdir, "valid_curve.png"),
+      xlabel="epoch",
+      ylabel="perplexity",
+      title=f"{config.dataset} q={config.q} impl={config.impl}",
+      logy=True,
+    )

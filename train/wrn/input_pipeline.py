@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from train.common import data
+from train.common import data, errors
 
 # Per-channel statistics of the CIFAR-10 training set on the 0..255 scale, as in the WRN reference.
 MEAN = np.array([125.3, 123.0, 113.9], np.float32)
@@ -140,7 +140,7 @@ def read_cifar_binary(data_dir: str, name: str, split: str) -> ArrayDataset:
     for fname in spec[split]:
       path = os.path.join(folder, fname)
       if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise errors.DataError(
           f"{path} is missing (expected the files of the official {spec['archive']})"
         )
       with open(path, "rb") as f:
@@ -152,7 +152,7 @@ def read_cifar_binary(data_dir: str, name: str, split: str) -> ArrayDataset:
       members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
       for fname in spec[split]:
         if fname not in members:
-          raise FileNotFoundError(
+          raise errors.DataError(
             f"{archive} has no member {fname!r}; is it the official binary archive?"
           )
         f = tar.extractfile(members[fname])
@@ -161,7 +161,7 @@ def read_cifar_binary(data_dir: str, name: str, split: str) -> ArrayDataset:
           decode_binary_records(f.read(), spec["label_bytes"], spec["label_index"], fname)
         )
   else:
-    raise FileNotFoundError(
+    raise errors.DataError(
       f"no CIFAR data for {name!r} in {data_dir!r}: expected {spec['archive']} (from "
       f"https://www.cs.toronto.edu/~kriz/) or its extracted folder {spec['folder']}/"
     )
@@ -191,7 +191,7 @@ def read_tfds(name: str, split: str, data_dir: str | None = None) -> ArrayDatase
     # download=False: use prepared data only; a missing dataset is an error here, not a silent download.
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # tfds raises assorted types for missing/unprepared data
-    raise FileNotFoundError(
+    raise errors.DataError(
       f"TFDS {name!r} is not prepared in data_dir={data_dir!r} ({type(e).__name__}: {str(e)[:300]}). "
       f"Prepare it with `tfds build {name} --file_format=array_record`, or put the official "
       f"{_BINARY[name]['archive']} in the data_dir"
@@ -263,7 +263,7 @@ def load(
   try:
     return read_tfds(name, split, data_dir)
   except ImportError as e:
-    raise FileNotFoundError(
+    raise errors.DataError(
       f"no {_BINARY[name]['archive']} in data_dir={data_dir!r} and tensorflow-datasets is not installed"
     ) from e
 
@@ -327,12 +327,6 @@ def train_steps_per_epoch(num_examples: int, global_batch: int) -> int:
   return data.steps_per_epoch(num_examples, global_batch)
 
 
-def eval_steps(num_examples: int, global_batch: int) -> int:
-  """Evaluation batches, ceil(N / B): the last batch is padded and masked so every example counts once."""
-  _check_hosts(global_batch, 0, 1)
-  return -(-num_examples // global_batch)
-
-
 def train_batches(
   ds: ArrayDataset,
   *,
@@ -380,47 +374,3 @@ def train_batches(
     rng = np.random.default_rng([seed, epoch, b, 0])
     image = augment(batch["image"], rng, offset=host_id * local, total=global_batch)
     yield {"image": normalize(image), "label": batch["label"]}
-
-
-def eval_batches(
-  ds: ArrayDataset, *, global_batch: int, host_id: int = 0, num_hosts: int = 1
-) -> Iterator[dict[str, np.ndarray]]:
-  """Every example exactly once, in order, no augmentation; the last global batch is padded and masked.
-
-  Args:
-    ds: evaluation split.
-    global_batch: batch size summed over all hosts and devices.
-    host_id: this host's index.
-    num_hosts: number of hosts.
-
-  Yields:
-    {"image": float32 (B_local, 32, 32, 3), "label": int32 (B_local,), "mask": float32 (B_local,)}; padding rows
-    repeat example 0 with mask 0, so every host yields the same number of equally shaped batches.
-  """
-  local = _check_hosts(global_batch, host_id, num_hosts)
-  n = eval_steps(len(ds), global_batch)
-  idx = np.arange(n * global_batch).reshape(n, global_batch)
-  for b in range(n):
-    mine = idx[b, host_id * local : (host_id + 1) * local]
-    mask = (mine < len(ds)).astype(np.float32)
-    mine = np.where(mine < len(ds), mine, 0)
-    yield {"image": normalize(ds.images[mine]), "label": ds.labels[mine], "mask": mask}
-
-
-def write_cifar_binary(
-  path: str, images: np.ndarray, labels: np.ndarray, coarse_labels: np.ndarray | None = None
-) -> None:
-  """Write records in the official binary format (for synthetic archives; inverse of decode_binary_records).
-
-  Args:
-    path: output .bin file.
-    images: uint8 (N, 32, 32, 3).
-    labels: (N,) labels in [0, 256); the fine label for CIFAR-100.
-    coarse_labels: CIFAR-100 coarse labels (N,), written before the fine label; None for CIFAR-10.
-  """
-  planes = np.asarray(images, np.uint8).transpose(0, 3, 1, 2).reshape(len(images), _PIXELS)
-  cols = [np.asarray(labels, np.uint8)[:, None]]
-  if coarse_labels is not None:
-    cols.insert(0, np.asarray(coarse_labels, np.uint8)[:, None])
-  with open(path, "wb") as f:
-    f.write(np.concatenate(cols + [planes], axis=1).tobytes())

@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 
-from train.common import metrics, plots
+from train.common import labels, metrics, plots
 from train.wrn.train import REFERENCE_ERROR
 
 
@@ -22,9 +22,7 @@ def label_of(workdir: str) -> str:
     return os.path.basename(os.path.normpath(workdir))
   with open(path) as f:
     c = json.load(f)
-  if c["regularizer"] == "sparseout":
-    return f"sparseout q={c['q']:g} p={c['rate']:g}"
-  return f"{c['regularizer']} p={c['rate']:g}" if c["regularizer"] == "dropout" else "no noise"
+  return labels.regularizer_label(c["regularizer"], c["q"], c["rate"])
 
 
 def main() -> None:
@@ -44,8 +42,8 @@ def main() -> None:
     path = os.path.join(w, "metrics.jsonl")
     if not os.path.isfile(path):
       p.error(f"{path} does not exist (is {w!r} a train.wrn.main workdir?)")
-    rows = [r for r in metrics.read_jsonl(path) if "test_error" in r]
-    series[label_of(w)] = ([r["epoch"] for r in rows], [r["test_error"] for r in rows])
+    rows = [r for r in metrics.read_jsonl(path) if "eval/error" in r]
+    series[label_of(w)] = ([r["epoch"] for r in rows], [r["eval/error"] for r in rows])
   if args.reference:
     xs = [x for s in series.values() for x in s[0]]
     series[f"reference {REFERENCE_ERROR[args.reference]}%"] = (

@@ -1,20 +1,19 @@
-"""WRN training on CIFAR: pmapped train/eval steps and ``train_and_evaluate(config, workdir)``.
+"""WRN training on CIFAR (paper 4.3): the shared loop with this program's model, optimizer and evaluation.
 
-One jitted, pmapped step per global batch: per-device noise keys ``fold_in(fold_in(key, step), device)``,
-gradients and metrics ``pmean``ed over devices, BatchNorm statistics averaged across devices inside the model
-(``axis_name``), SGD nesterov with L2 weight decay and a piecewise-constant learning rate. Per epoch: train loss
-and error (noisy, from the training steps), test loss and error (running BN averages, no noise), images/s,
-learning rate. Checkpoints (state, data position, rng, history) every ``checkpoint_every_epochs``, at
-``max_steps`` and on SIGTERM/SIGINT; running the same command again resumes exactly where it stopped.
+One pmapped step per global batch (:mod:`train.common.step`): per-device noise keys, gradients and metrics
+averaged over devices, BatchNorm statistics averaged across devices inside the model (``axis_name``), SGD
+nesterov with L2 weight decay as the WRN reference: the learning rate falls by ``lr_decay`` at the start of the
+epochs in ``lr_boundaries`` (1-based, 60/120/160), and the momentum buffer starts again from zero there (the
+reference builds a new optimizer at each drop). Per epoch: noisy train loss and error, test loss and error
+(running BN averages, no noise), the per-layer sparsity records, images/s, learning rate; a plot of the error
+curves against the reference's. Resume, checkpoints, preemption and the non-finite policy are the shared loop's.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
-import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,69 +23,51 @@ from flax import nnx
 from jax import lax
 
 from models.wrn import PLACEMENTS, REGULARIZERS, WideResNet
-from train.common import (
-  checkpoint,
-  guard,
-  metrics,
-  parallel,
-  plots,
-  preemption,
-  progress,
-)
+from train.common import checkpoint, errors, evaluation, labels, loop, parallel, plots
+from train.common import step as step_lib
 from train.wrn import input_pipeline
 
-PROGRAM = "train.wrn.main"
-# Step metrics stay on the device and are fetched every LOG_EVERY steps: no per-step host sync, so the host
-# prepares the next batches while the accelerator computes. A non-finite step is still caught before any
-# checkpoint is written (checkpoints follow a drain).
-LOG_EVERY = 20
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# WRN-28-10 with dropout in the reference (Zagoruyko & Komodakis 2016), test error in %: the target a full run
+# is judged against (paper 4.3).
+REFERENCE_ERROR = {"cifar10": 3.89, "cifar100": 18.85}
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Check the config's values once, where they enter; raise ValueError naming the field."""
-  if config.dataset not in input_pipeline.NUM_CLASSES:
-    raise ValueError(
-      f"config.dataset must be one of {tuple(input_pipeline.NUM_CLASSES)}, got {config.dataset!r}"
-    )
-  if config.data_source not in input_pipeline.SOURCES:
-    raise ValueError(
-      f"config.data_source must be one of {input_pipeline.SOURCES}, got {config.data_source!r}"
-    )
-  if config.regularizer not in REGULARIZERS:
-    raise ValueError(
-      f"config.regularizer must be one of {REGULARIZERS}, got {config.regularizer!r}"
-    )
-  if config.placement not in PLACEMENTS:
-    raise ValueError(f"config.placement must be one of {PLACEMENTS}, got {config.placement!r}")
-  if config.dtype not in (*DTYPES, "auto"):
-    raise ValueError(f"config.dtype must be one of {(*DTYPES, 'auto')}, got {config.dtype!r}")
+  """Check the config's values once, where they enter; raise ConfigError naming the field."""
+  choices = {
+    "dataset": tuple(input_pipeline.NUM_CLASSES),
+    "data_source": input_pipeline.SOURCES,
+    "regularizer": REGULARIZERS,
+    "placement": PLACEMENTS,
+    "dtype": (*DTYPES, "auto"),
+  }
+  for name, allowed in choices.items():
+    if config[name] not in allowed:
+      raise errors.ConfigError(f"config.{name} must be one of {allowed}, got {config[name]!r}")
   if not 0.0 <= float(config.rate) < 1.0:
-    raise ValueError(f"config.rate is a drop probability in [0, 1), got {config.rate}")
+    raise errors.ConfigError(f"config.rate is a drop probability in [0, 1), got {config.rate}")
   if float(config.q) <= 0:
-    raise ValueError(f"config.q must be > 0, got {config.q}")
+    raise errors.ConfigError(f"config.q must be > 0, got {config.q}")
   if int(config.depth) < 10 or (int(config.depth) - 4) % 6:
-    raise ValueError(
+    raise errors.ConfigError(
       f"config.depth must have (depth - 4) a positive multiple of 6, got {config.depth}"
     )
-  for name in ("width", "batch_size", "eval_batch_size", "num_epochs", "checkpoint_every_epochs"):
+  for name in ("width", "batch_size", "eval_batch_size", "num_epochs"):
     if int(config[name]) <= 0:
-      raise ValueError(f"config.{name} must be positive, got {config[name]}")
+      raise errors.ConfigError(f"config.{name} must be positive, got {config[name]}")
   if list(config.lr_boundaries) != sorted(config.lr_boundaries) or any(
-    int(b) <= 0 for b in config.lr_boundaries
+    int(b) < 2 for b in config.lr_boundaries
   ):
-    raise ValueError(
-      f"config.lr_boundaries must be increasing positive epochs, got {config.lr_boundaries}"
+    raise errors.ConfigError(
+      f"config.lr_boundaries must be increasing 1-based epochs >= 2, got {config.lr_boundaries}"
     )
-  n, hosts, local = jax.device_count(), jax.process_count(), jax.local_device_count()
-  if config.batch_size % n:
-    raise ValueError(
-      f"config.batch_size ({config.batch_size}) must be divisible by the {n} devices"
-    )
-  if config.eval_batch_size % (hosts * local):
-    raise ValueError(
-      f"config.eval_batch_size ({config.eval_batch_size}) must be divisible by the {n} devices"
-    )
+  n = jax.device_count()
+  for name in ("batch_size", "eval_batch_size"):
+    if int(config[name]) % n:
+      raise errors.ConfigError(
+        f"config.{name} ({config[name]}) must be divisible by the {n} devices"
+      )
 
 
 def compute_dtype(name: str) -> jnp.dtype:
@@ -110,18 +91,61 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> WideResN
     bn_momentum=float(config.bn_momentum),
     axis_name=parallel.AXIS,
     dtype=compute_dtype(config.dtype),
+    record_sparsity=bool(config.record_sparsity),
     rngs=nnx.Rngs(params=int(config.seed)),
   )
+
+
+def drop_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> tuple[int, ...]:
+  """The global steps at which the learning rate drops: the start of each 1-based epoch in ``lr_boundaries``.
+
+  The reference decays when ``epoch in epoch_step`` at the start of (1-based) epoch ``epoch``, so epochs
+  1..59 run at 0.1 and epoch 60 starts at 0.02: step ``(b - 1) * steps_per_epoch``.
+
+  Example:
+    >>> drop_steps(ml_collections.ConfigDict({"lr_boundaries": (60, 120)}), 10)
+    (590, 1190)
+  """
+  return tuple((int(b) - 1) * steps_per_epoch for b in config.lr_boundaries)
 
 
 def learning_rate_schedule(
   config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> optax.Schedule:
-  """lr(step) = learning_rate * lr_decay ** (number of boundaries, in epochs, already passed)."""
+  """lr(step) = learning_rate * lr_decay ** (number of drop steps <= step)."""
   return optax.piecewise_constant_schedule(
     float(config.learning_rate),
-    {int(b) * steps_per_epoch: float(config.lr_decay) for b in config.lr_boundaries},
+    dict.fromkeys(drop_steps(config, steps_per_epoch), float(config.lr_decay)),
   )
+
+
+class ResetState(NamedTuple):
+  """State of :func:`reset_at`: the steps seen and the wrapped transformation's state."""
+
+  count: jax.Array
+  inner: Any
+
+
+def reset_at(
+  inner: optax.GradientTransformation, steps: tuple[int, ...]
+) -> optax.GradientTransformation:
+  """``inner`` whose state starts again from ``inner.init`` before the update of each step in ``steps``.
+
+  With ``inner = optax.trace(momentum)`` this is the reference's new ``torch.optim.SGD`` at each lr drop:
+  the momentum buffer restarts from the first gradient after the drop.
+  """
+
+  def init(params):
+    return ResetState(jnp.zeros((), jnp.int32), inner.init(params))
+
+  def update(updates, state, params=None):
+    reset = jnp.isin(state.count, jnp.asarray(steps, jnp.int32)) if steps else jnp.asarray(False)
+    fresh = inner.init(params if params is not None else updates)
+    inner_state = jax.tree.map(lambda f, s: jnp.where(reset, f, s), fresh, state.inner)
+    updates, inner_state = inner.update(updates, inner_state, params)
+    return updates, ResetState(state.count + 1, inner_state)
+
+  return optax.GradientTransformation(init, update)
 
 
 def make_optimizer(
@@ -129,27 +153,38 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
   """SGD (nesterov) with L2 weight decay on every parameter, as the reference's torch.optim.SGD.
 
-  g <- g + wd w; buf <- mu buf + g; update = -lr (g + mu buf) (nesterov) or -lr buf. The same hyperparameters
-  give the same (cached) object, so `make_steps` compiles once per process for repeated runs of one config.
+  g <- g + wd w; buf <- mu buf + g; update = -lr (g + mu buf) (nesterov) or -lr buf; lr and a zero buf at each
+  drop. The same hyperparameters give the same (cached) object, so `make_steps` compiles once per process for
+  repeated runs of one config.
   """
   return _sgd(
     float(config.learning_rate),
     float(config.lr_decay),
-    tuple(int(b) * steps_per_epoch for b in config.lr_boundaries),
+    drop_steps(config, steps_per_epoch),
     float(config.momentum),
     bool(config.nesterov),
     float(config.weight_decay),
+    bool(config.skip_nonfinite),
   )
 
 
 @functools.lru_cache(maxsize=8)
 def _sgd(
-  lr: float, decay: float, boundaries: tuple[int, ...], momentum: float, nesterov: bool, wd: float
+  lr: float,
+  decay: float,
+  drops: tuple[int, ...],
+  momentum: float,
+  nesterov: bool,
+  wd: float,
+  skip_nonfinite: bool,
 ) -> optax.GradientTransformation:
-  schedule = optax.piecewise_constant_schedule(lr, dict.fromkeys(boundaries, decay))
-  return optax.chain(
-    optax.add_decayed_weights(wd), optax.sgd(schedule, momentum=momentum, nesterov=nesterov)
+  schedule = optax.piecewise_constant_schedule(lr, dict.fromkeys(drops, decay))
+  tx = optax.chain(
+    optax.add_decayed_weights(wd),
+    reset_at(optax.trace(decay=momentum, nesterov=nesterov), drops),
+    optax.scale_by_learning_rate(schedule),
   )
+  return step_lib.optimizer(tx, skip_nonfinite)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -161,69 +196,49 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def make_steps(graphdef: Any, tx: optax.GradientTransformation, skip_nonfinite: bool):
   """Return pmapped ``(train_step, eval_step)`` (cached: runs of one config compile once per process).
 
-  ``train_step(state, batch, key) -> (state, metrics)``; ``state`` = {params, batch_stats, opt_state, step}
-  replicated over devices; the noise key of device d at step s is ``fold_in(fold_in(key, s), d)``.
-  ``eval_step(params, batch_stats, batch) -> sums`` returns mask-weighted sums over all devices.
+  ``train_step(state, batch, key) -> (state, metrics)`` is the shared step; ``state`` = {params,
+  batch_stats, opt_state, step} replicated over devices. ``eval_step(params, batch_stats, batch, mask) ->
+  (sums, records)`` returns mask-weighted sums and the sparsity records over all devices.
   """
 
-  def train_step(state, batch, key):
-    dkey = parallel.device_key(jax.random.fold_in(key, state["step"]))
+  def loss_fn(params, state, batch, key):
+    model = nnx.merge(graphdef, params, state["batch_stats"], copy=True)
+    logits, _ = nnx.capture(model, nnx.Intermediate)(batch["image"], train=True, key=key)
+    loss = jnp.mean(cross_entropy(logits, batch["label"]))
+    error = 100.0 * jnp.mean((jnp.argmax(logits, -1) != batch["label"]).astype(jnp.float32))
+    # batch_stats are already identical on every device: BN pmeans its batch moments.
+    return loss, ({"error": error}, {"batch_stats": nnx.state(model, nnx.BatchStat)})
 
-    def loss_fn(params):
-      model = nnx.merge(graphdef, params, state["batch_stats"], copy=True)
-      logits = model(batch["image"], train=True, key=dkey)
-      loss = jnp.mean(cross_entropy(logits, batch["label"]))
-      return loss, (logits, nnx.state(model, nnx.BatchStat))
+  train_step = step_lib.make_train_step(loss_fn, tx, skip_nonfinite=skip_nonfinite)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state["params"]
-    )
-    error = jnp.mean((jnp.argmax(logits, -1) != batch["label"]).astype(jnp.float32))
-    loss, error, grads = parallel.pmean((loss, error, grads))
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new = {
-      "params": optax.apply_updates(state["params"], updates),
-      "batch_stats": batch_stats,  # already identical on every device: BN pmeans its batch moments
-      "opt_state": opt_state,
-      "step": state["step"] + 1,
-    }
-    ok = guard.all_finite((loss, grads))
-    if skip_nonfinite:
-      new = guard.select_tree(ok, new, {**state, "step": state["step"] + 1})
-    return new, {"loss": loss, "error": error, "ok": ok}
-
-  def eval_step(params, batch_stats, batch):
+  def eval_step(params, batch_stats, batch, mask):
     model = nnx.merge(graphdef, params, batch_stats, copy=True)
-    logits = model(batch["image"], train=False)
-    mask = batch["mask"]
+    logits, records = nnx.capture(model, nnx.Intermediate)(batch["image"], train=False)
     wrong = (jnp.argmax(logits, -1) != batch["label"]).astype(jnp.float32)
     sums = {
       "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
       "error": jnp.sum(wrong * mask),
       "count": jnp.sum(mask),
     }
-    return lax.psum(sums, parallel.AXIS)
+    return lax.psum(sums, parallel.AXIS), evaluation.record_sums(records, mask)
 
-  return (
-    jax.pmap(train_step, axis_name=parallel.AXIS, in_axes=(0, 0, None), donate_argnums=(0,)),
-    jax.pmap(eval_step, axis_name=parallel.AXIS),
-  )
+  return step_lib.pmap_train_step(train_step), jax.pmap(eval_step, axis_name=parallel.AXIS)
 
 
 def evaluate(
   eval_step, rstate: dict, ds: input_pipeline.ArrayDataset, global_batch: int
 ) -> dict[str, float]:
-  """Test loss and error (%) over every example of ``ds`` (each process reads its share of each batch)."""
-  total = {"loss": 0.0, "error": 0.0, "count": 0.0}
-  for batch in input_pipeline.eval_batches(
-    ds, global_batch=global_batch, host_id=jax.process_index(), num_hosts=jax.process_count()
-  ):
-    sums = parallel.unreplicate(
-      eval_step(rstate["params"], rstate["batch_stats"], parallel.shard(batch))
-    )
-    for k in total:
-      total[k] += float(sums[k])
-  return {"loss": total["loss"] / total["count"], "error": 100.0 * total["error"] / total["count"]}
+  """Test loss, error (%) and sparsity records over every example of ``ds`` (each process its slice)."""
+  sums, records = evaluation.eval_sums(
+    lambda batch, mask: eval_step(rstate["params"], rstate["batch_stats"], batch, mask),
+    {"image": ds.images, "label": ds.labels},
+    global_batch // jax.process_count(),
+    prepare=lambda b: {**b, "image": input_pipeline.normalize(b["image"])},
+  )
+  n = sums["count"]
+  return {"loss": sums["loss"] / n, "error": 100.0 * sums["error"] / n} | evaluation.mean_records(
+    records
+  )
 
 
 def init_state(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int):
@@ -254,6 +269,11 @@ def load_datasets(config: ml_collections.ConfigDict) -> dict[str, input_pipeline
   }
 
 
+def run_label(config: ml_collections.ConfigDict) -> str:
+  """``'sparseout q=2.5 p=0.3'`` (legends, progress bar)."""
+  return labels.regularizer_label(config.regularizer, config.q, config.rate)
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -264,12 +284,13 @@ def train_and_evaluate(
 
   Args:
     config: see ``configs/wrn28_10_cifar10.py``.
-    workdir: output folder (checkpoints/, metrics.jsonl, tensorboard/, test_error.png).
+    workdir: output folder (checkpoints/, metrics.jsonl, tensorboard/, config.json, test_error.png,
+      sparsity.png).
     datasets: preloaded ``{"train", "test"}`` splits; default: loaded from the config.
 
   Returns:
-    ``{"history": [per-epoch dicts], "workdir", "steps", "skipped_steps", "params"}`` (params unreplicated,
-    as host numpy arrays).
+    ``{"history": [per-epoch rows], "workdir", "steps", "skipped_steps", "params", "batch_stats"}`` (host
+    numpy arrays).
   """
   validate_config(config)
   ds = datasets if datasets is not None else load_datasets(config)
@@ -285,135 +306,49 @@ def train_and_evaluate(
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=1))
 
-  ckpt = checkpoint.Checkpointer(
-    os.path.join(workdir, "checkpoints"), best_metric="test_error", best_mode="min"
-  )
-  restored = ckpt.restore(state)
-  history: list[dict[str, Any]] = []
-  epoch, start_in_epoch, skipped = 0, 0, 0
-  if restored is not None:
-    state, meta = restored
-    epoch, start_in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
-    history, skipped = list(meta["history"]), int(meta.get("skipped_steps", 0))
-    if int(meta.get("steps_per_epoch", steps_per_epoch)) != steps_per_epoch:
-      raise ValueError(
-        f"checkpoint in {workdir} was written with {meta['steps_per_epoch']} steps per epoch, this config "
-        f"has {steps_per_epoch}; use the same batch_size and data, or a new --workdir"
-      )
-  writer = metrics.MetricsWriter(workdir)
-  nonfinite = guard.NonFiniteGuard(skip=bool(config.skip_nonfinite))
-  nonfinite.skipped = skipped
-  rstate = parallel.replicate(state)
+  def batches(epoch: int, start: int):
+    for batch in input_pipeline.train_batches(
+      train_ds,
+      global_batch=global_batch,
+      seed=int(config.data_seed),
+      epoch=epoch,
+      host_id=jax.process_index(),
+      num_hosts=jax.process_count(),
+      start_batch=start,
+    ):
+      yield parallel.shard(batch)
 
-  def save(ep: int, in_epoch: int, row: dict | None, epoch_acc: dict | None = None) -> None:
-    meta = {
-      "epoch": ep,
-      "step_in_epoch": in_epoch,
-      "steps_per_epoch": steps_per_epoch,
-      "history": history,
-      "skipped_steps": nonfinite.skipped,
-      "rng": checkpoint.key_to_json(key),
-      "epoch_acc": epoch_acc or {},  # the partial epoch's training sums, for a mid-epoch resume
+  def evaluate_epoch(rstate, info: loop.EpochInfo) -> dict[str, float]:
+    test = evaluate(eval_step, rstate, test_ds, int(config.eval_batch_size))
+    return {f"eval/{k}": v for k, v in test.items()} | {
+      "epoch/lr": float(schedule(info.step - 1)),
+      "epoch/images_per_s": info.steps * global_batch / max(info.seconds, 1e-9),
     }
-    m = {"test_error": row["test_error"]} if row else None
-    ckpt.save(ep * steps_per_epoch + in_epoch, parallel.unreplicate(rstate), meta=meta, metrics=m)
 
-  total = int(config.num_epochs) * steps_per_epoch
-  step = epoch * steps_per_epoch + start_in_epoch
-  max_steps = int(config.max_steps) if int(config.max_steps) > 0 else total
-  bar = progress.progress_bar(
-    total=min(total, max_steps),
-    initial=min(step, max_steps),
-    desc=f"WRN-{config.depth}-{config.width} {config.dataset} {_reg_name(config)}",
-    disable=None if config.progress else True,
+  program = loop.Program(
+    module="train.wrn.main",
+    label=f"WRN-{config.depth}-{config.width} {config.dataset} {run_label(config)}",
+    num_epochs=int(config.num_epochs),
+    steps_in_epoch=lambda epoch: steps_per_epoch,
+    batches=batches,
+    train_step=lambda rstate, batch: train_step(rstate, batch, key),
+    evaluate=evaluate_epoch,
+    best_metric="eval/error",
   )
-  # Running sums of the current epoch's noisy training metrics (kept across a mid-epoch resume).
-  acc = dict(restored[1].get("epoch_acc", {})) if restored is not None else {}
-  pending: list[tuple[int, Any]] = []
-
-  def drain(pending: list[tuple[int, Any]], acc: dict) -> None:
-    """Fetch buffered step metrics (one host sync per LOG_EVERY steps), check finiteness, accumulate."""
-    last = ckpt.latest_step()
-    for s, m in pending:
-      m = parallel.unreplicate(m)
-      if nonfinite.check(s, m["ok"], m["loss"], ckpt.path(last) if last is not None else None):
-        acc["loss"] = acc.get("loss", 0.0) + float(m["loss"])
-        acc["error"] = acc.get("error", 0.0) + float(m["error"])
-        acc["n"] = acc.get("n", 0) + 1
-    pending.clear()
-
-  with preemption.PreemptionHandler() as preempt:
-    while epoch < int(config.num_epochs) and step < max_steps:
-      t0, n_images = time.perf_counter(), 0
-      for batch in input_pipeline.train_batches(
-        train_ds,
-        global_batch=global_batch,
-        seed=int(config.data_seed),
-        epoch=epoch,
-        host_id=jax.process_index(),
-        num_hosts=jax.process_count(),
-        start_batch=start_in_epoch,
-      ):
-        rstate, m = train_step(rstate, parallel.shard(batch), key)
-        step, start_in_epoch = step + 1, start_in_epoch + 1
-        pending.append((step, m))
-        n_images += global_batch
-        bar.update(1)
-        stop = preempt.should_stop() or step >= max_steps
-        if len(pending) >= LOG_EVERY or stop:
-          drain(pending, acc)
-          if acc.get("n"):
-            bar.set_postfix(
-              loss=f"{acc['loss'] / acc['n']:.3f}", err=f"{100 * acc['error'] / acc['n']:.1f}%"
-            )
-        if stop:
-          break
-      drain(pending, acc)
-      elapsed = time.perf_counter() - t0
-      if preempt.should_stop() or start_in_epoch < steps_per_epoch:  # stopped inside the epoch
-        save(epoch, start_in_epoch, None, acc)
-        if preempt.should_stop():
-          bar.close()
-          preempt.exit(step, ckpt.path(step), preemption.resume_command(PROGRAM))
-        break
-      test = evaluate(eval_step, rstate, test_ds, int(config.eval_batch_size))
-      n = max(acc.get("n", 0), 1)
-      row = {
-        "epoch": epoch + 1,
-        "train_loss": acc.get("loss", float("nan")) / n,
-        "train_error": 100.0 * acc.get("error", float("nan")) / n,
-        "test_loss": test["loss"],
-        "test_error": test["error"],
-        "lr": float(schedule(step - 1)),
-        "images_per_s": n_images / elapsed if elapsed > 0 else float("nan"),
-        "skipped_steps": nonfinite.skipped,
-      }
-      history.append(row)
-      writer.write(epoch + 1, row)
-      acc = {}
-      epoch, start_in_epoch = epoch + 1, 0
-      if epoch % int(config.checkpoint_every_epochs) == 0 or epoch == int(config.num_epochs):
-        save(epoch, 0, row)
-  bar.close()
-  writer.close()
-  ckpt.close()
-  if jax.process_index() == 0 and history:
+  out = loop.run(program, config, workdir, state)
+  if jax.process_index() == 0 and out.history:
     real_wrn28_10 = config.data_source != "synthetic" and (config.depth, config.width) == (28, 10)
     reference = REFERENCE_ERROR[config.dataset] if real_wrn28_10 else None
-    plot_curves(history, os.path.join(workdir, "test_error.png"), _reg_name(config), reference)
+    plot_curves(out.history, os.path.join(workdir, "test_error.png"), run_label(config), reference)
+  host = checkpoint.to_host(parallel.unreplicate(out.state))
   return {
-    "history": history,
+    "history": out.history,
     "workdir": os.path.abspath(workdir),
-    "steps": step,
-    "skipped_steps": nonfinite.skipped,
-    "params": checkpoint.to_host(parallel.unreplicate(rstate["params"])),
-    "batch_stats": checkpoint.to_host(parallel.unreplicate(rstate["batch_stats"])),
+    "steps": out.steps,
+    "skipped_steps": out.skipped_steps,
+    "params": host["params"],
+    "batch_stats": host["batch_stats"],
   }
-
-
-# WRN-28-10 with dropout in the reference (Zagoruyko & Komodakis 2016), test error in %: the target a full run
-# is judged against (SPEC section 4.3).
-REFERENCE_ERROR = {"cifar10": 3.89, "cifar100": 18.85}
 
 
 def plot_curves(
@@ -422,27 +357,11 @@ def plot_curves(
   """PNG of test (and noisy train) error in % per epoch, with the reference error as a flat line if given."""
   epochs = [r["epoch"] for r in history]
   series = {
-    f"test {label}": (epochs, [r["test_error"] for r in history]),
-    f"train (noisy) {label}": (epochs, [r["train_error"] for r in history]),
+    f"test {label}": (epochs, [r["eval/error"] for r in history]),
+    f"train (noisy) {label}": (epochs, [r["epoch/train_error"] for r in history]),
   }
   if reference is not None:
     series[f"WRN-28-10 dropout reference {reference}%"] = ([epochs[0], epochs[-1]], [reference] * 2)
   return plots.save_panels(
     [plots.Panel(series, xlabel="epoch", ylabel="error (%)", title="WRN error")], path
   )
-
-
-def _reg_name(config: ml_collections.ConfigDict) -> str:
-  if config.regularizer == "sparseout":
-    return f"sparseout q={float(config.q):g} p={float(config.rate):g}"
-  if config.regularizer == "dropout":
-    return f"dropout p={float(config.rate):g}"
-  return "no noise"
-
-
-def summary(out: dict[str, Any]) -> str:
-  """The last finished epoch's metrics and the step reached, as JSON text (what main prints)."""
-  last = (
-    out["history"][-1] if out["history"] else {"note": "no epoch finished yet; run again to resume"}
-  )
-  return json.dumps({**last, "steps": out["steps"]}, indent=1)

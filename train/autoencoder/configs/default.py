@@ -5,6 +5,8 @@ Every field is documented here; the Figure 1 sweep (``figure1.py``) reuses them.
 
 import ml_collections
 
+from train.common import run_control
+
 
 def get_config() -> ml_collections.ConfigDict:
   """Return the default single-run config."""
@@ -30,9 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data_dir = ""
   c.train_eval_size = 10000  # clean train-loss evaluation on the first N train images
   c.eval_batch_size = 1000
-  # Run control.
-  c.checkpoint_every_epochs = 1
-  c.skip_nonfinite = False  # True: skip non-finite steps (counted) instead of stopping
-  c.max_steps = -1  # > 0: stop after this many steps (tests, benchmarks)
-  c.progress = True
+  # Run control: checkpoint_every_epochs, skip_nonfinite, max_steps, log_every, progress,
+  # record_sparsity (train/common/run_control.py).
+  run_control.add_run_control(c)
   return c

@@ -1,0 +1,133 @@
+"""What the seed studies of every program share: mean and spread over seeds, markdown tables, curves.
+
+A study trains one configuration per (condition, seed) and reports each number as the mean and the
+sample standard deviation over the seeds (``ddof = 1``; 0 for a single seed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def parse_condition(spec: str) -> tuple[str, float | None]:
+  """A study condition: ``"none"`` (no noise), ``"dropout"`` (q = 2) or ``"q=<float>"`` (sparseout).
+
+  Returns:
+    ``(run name, q)``; q is None except for sparseout (``"q=1.5" -> ("sparseout_q1.5", 1.5)``).
+
+  Raises:
+    ValueError: an unknown spec.
+  """
+  spec = spec.strip()
+  if spec in ("none", "dropout"):
+    return spec, None
+  if spec.startswith("q="):
+    q = float(spec[2:])
+    return f"sparseout_q{q:g}", q
+  raise ValueError(f"study condition {spec!r}: expected none, dropout or q=<float>")
+
+
+def conditions(specs: str) -> list[str]:
+  """The comma-separated condition specs of a study config, blanks dropped."""
+  return [c.strip() for c in str(specs).split(",") if c.strip()]
+
+
+def each_run(study: Any, workdir: str) -> Iterator[tuple[str, str, int, str]]:
+  """Every (condition, seed) of a study config, condition-major, announced on stdout.
+
+  Yields:
+    ``(condition spec, run name, seed, run folder <workdir>/runs/<name>_s<seed>)``.
+  """
+  for cond in conditions(study.conditions):
+    name, _ = parse_condition(cond)
+    for seed in study.seeds:
+      wd = os.path.join(workdir, "runs", f"{name}_s{seed}")
+      print(f"[{name} seed {seed}] {wd}", flush=True)
+      yield cond, name, int(seed), wd
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation over seeds.
+
+  ``m = sum(v) / n``; ``s = sqrt(sum((v - m)^2) / (n - 1))``, 0 when n = 1.
+
+  Args:
+    values: one number per seed (at least one).
+
+  Returns:
+    ``(m, s)`` as floats.
+
+  Example:
+    >>> mean_std([1.0, 3.0])
+    (2.0, 1.4142135623730951)
+  """
+  a = np.asarray(values, np.float64)
+  if a.size == 0:
+    raise ValueError("mean_std needs at least one value")
+  return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def fmt(values: Sequence[float], digits: int = 3) -> str:
+  """``"m ± s"`` of :func:`mean_std` with ``digits`` decimals, e.g. ``fmt([1, 3], 1) == "2.0 ± 1.4"``."""
+  m, s = mean_std(values)
+  return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A GitHub markdown table: ``| a | b |`` lines under a ``|---|`` rule.
+
+  Example:
+    >>> print(markdown_table(["x", "y"], [[1, 2]]))
+    | x | y |
+    |---|---|
+    | 1 | 2 |
+  """
+  lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def mean_curve(curves: Sequence[Sequence[float]]) -> list[float]:
+  """Pointwise mean of per-seed curves, cut to the shortest (``mean_curve([[1, 2], [3]]) == [2.0]``)."""
+  n = min(len(c) for c in curves)
+  return [float(v) for v in np.mean([list(c)[:n] for c in curves], axis=0)]
+
+
+def append_jsonl(path: str, row: Mapping[str, Any]) -> None:
+  """Append one JSON row to ``path`` (the study's own per-run records, e.g. sparsity per epoch)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "a") as f:
+    f.write(json.dumps(dict(row)) + "\n")
+
+
+def write_texts_and_record(
+  workdir: str, texts: Mapping[str, str], record: Mapping[str, Any]
+) -> dict[str, str]:
+  """Write each text to ``<workdir>/<name>.md`` and ``record`` to ``<workdir>/study.json``.
+
+  Returns:
+    ``{name: absolute path, ..., "json": absolute path}``.
+  """
+  paths = {}
+  for name, text in texts.items():
+    paths[name] = os.path.abspath(os.path.join(workdir, f"{name}.md"))
+    with open(paths[name], "w") as f:
+      f.write(text + "\n")
+  paths["json"] = os.path.abspath(os.path.join(workdir, "study.json"))
+  with open(paths["json"], "w") as f:
+    json.dump(dict(record), f, indent=1, default=str)
+  return paths
+
+
+def use_compile_cache(workdir: str) -> None:
+  """Keep compiled steps on disk under ``<workdir>/jax_cache``: a study's seeds and chunks of one
+  condition compile the same programs, and a resumed study compiles nothing again."""
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
