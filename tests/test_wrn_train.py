@@ -145,8 +145,8 @@ def test_initialisation_is_the_references() -> None:
 
   from models.wrn import WideResNet
 
-  model = WideResNet(16, 8, 10, rngs=nnx.Rngs(0))
-  k = np.asarray(model.blocks[3].conv1.kernel[...])  # (3, 3, in, out) = (3, 3, 256, 256)
+  model = WideResNet(10, 8, 10, rngs=nnx.Rngs(0))
+  k = np.asarray(model.blocks[1].conv1.kernel[...])  # (3, 3, in, out) = (3, 3, 256, 256)
   fan_in = 3 * 3 * k.shape[2]
   assert k.shape[2] == k.shape[3] == 256
   assert k.std() == pytest.approx(np.sqrt(2.0 / fan_in), rel=0.02)
@@ -154,7 +154,7 @@ def test_initialisation_is_the_references() -> None:
   head = np.asarray(model.head.kernel[...])
   assert head.std() == pytest.approx(np.sqrt(2.0 / head.shape[0]), rel=0.1)
   assert np.all(np.asarray(model.head.bias[...]) == 0)
-  scale = np.concatenate([np.asarray(b.bn0.scale[...]) for b in model.blocks])
+  scale = np.concatenate([np.asarray(bn.scale[...]) for b in model.blocks for bn in (b.bn0, b.bn1)])
   assert scale.min() >= 0.0 and scale.max() < 1.0
   assert scale.mean() == pytest.approx(0.5, abs=0.05) and scale.std() == pytest.approx(
     0.289, abs=0.03

@@ -19,10 +19,11 @@ Naming scheme, the same in every program (``train.autoencoder``, ``train.wrn``, 
   evaluation; ``<layer path>`` is the ``/``-joined path of the layer in the model.
 - ``epoch/<name>``: the finished epoch's summary, in the same row as its ``eval/*``:
   ``epoch/train_<name>`` (mean of the noisy training metric over the epoch's finite steps),
-  ``epoch/skipped_steps`` (non-finite steps skipped so far), ``epoch/lr``, throughput
-  (``epoch/images_per_s``, ``epoch/tokens_per_s``) and other per-program figures.
+  ``epoch/skipped_steps`` (non-finite steps skipped so far), ``epoch/lr`` (WRN), throughput
+  (``epoch/images_per_s``, ``epoch/tokens_per_s``) and other per-program figures (``epoch/asgd``,
+  ``epoch/enc_kernel_norm``, ...).
 - ``test/<name>``: a final measurement after training (LM: ``test/ppl`` and ``test/loss`` of the
-  best checkpoint, with ``test/valid_ppl`` of the same checkpoint).
+  best checkpoint, with ``test/valid_ppl`` and ``test/best_epoch`` of the same checkpoint).
 
 So an evaluation row is one with an ``eval/loss`` key; a run resumed after a crash rewrites no row
 twice (the checkpoint records how many rows the log had; see :meth:`MetricsWriter.truncate`).
