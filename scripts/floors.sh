@@ -21,7 +21,7 @@ floor_venv() {
   echo "floors in $venv:" $(cat "$venv/floors.txt")
 }
 
-FLOOR_TOOLS="pytest pytest-xdist hypothesis" floor_venv core
+FLOOR_TOOLS="pytest pytest-xdist hypothesis chex" floor_venv core
 # The library's tests: the test files that import neither models nor train.
 LIB_TESTS=$(grep -LE "(from|import) (models|train)\b|\b(models|train)\.[a-z_]+" tests/test_*.py)
 .venv-floor/core/bin/python -m pytest -q -m "not slow" -n 2 --dist loadfile -p no:cacheprovider \
