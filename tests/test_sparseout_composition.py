@@ -1,6 +1,7 @@
 """sparseout composes with jit, vmap, grad, pmap and checkpoint; edge rates behave as Flax."""
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,9 +18,13 @@ X = jax.random.normal(jax.random.key(0), (6, 32))
 def test_jit_and_eager_agree_for_typed_and_raw_keys(q, make_key):
   key = make_key(3)
   f = lambda k, x: sparseout(k, x, 0.4, q)  # noqa: E731
-  # XLA fuses (and may contract to FMA) under jit: equal to an ulp for q != 2, bits at q = 2.
+  # Under jit XLA fuses (and may contract to FMA) and rewrites x / keep into x * (1 / keep), which
+  # jax 0.7.0 does not do eagerly: jit and eager agree to an ulp. At q = 2 each mode is Flax's
+  # Dropout in that mode, bit for bit (its own jit and eager differ there too).
   if q == 2.0:
-    chex.assert_trees_all_equal(jax.jit(f)(key, X), f(key, X))
+    drop = lambda k, x: nn.Dropout(0.4, deterministic=False).apply({}, x, rng=k)  # noqa: E731
+    chex.assert_trees_all_equal(jax.jit(f)(key, X), jax.jit(drop)(key, X))
+    chex.assert_trees_all_equal(f(key, X), drop(key, X))
   chex.assert_trees_all_close(jax.jit(f)(key, X), f(key, X), rtol=3e-7, atol=1e-7)
   g = lambda k, x: jax.grad(lambda x: (f(k, x) ** 2).sum())(x)  # noqa: E731
   chex.assert_trees_all_close(jax.jit(g)(key, X), g(key, X), rtol=1e-6, atol=1e-6)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The API reference: Sphinx builds docs/api/ into build/docs/html/ with warnings as errors.
+# Usage: bash scripts/docs.sh   (creates .venv with the `docs` extra if it lacks Sphinx)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -c "import sphinx_book_theme" 2>/dev/null || .venv/bin/python -m pip install -q -e ".[docs]"
+.venv/bin/python -m sphinx -W --keep-going -q -b html docs/api build/docs/html
+echo "API reference: build/docs/html/index.html"

@@ -1,0 +1,51 @@
+"""The floors CI step (scripts/floors.sh) installs exactly the lowest versions pyproject.toml
+declares, and the README and CHANGELOG state the same range."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+  "floor_requirements", REPO / "scripts/floor_requirements.py"
+)
+floor_requirements = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(floor_requirements)
+
+
+def test_the_library_floors_are_the_core_requirements_only():
+  assert floor_requirements.floor_pins() == [
+    "jax==0.8.1",
+    "jaxlib==0.8.1",
+    "flax==0.12.6",
+    "numpy==2.0",
+  ]
+
+
+def test_an_extra_raises_a_core_floor_and_adds_its_own():
+  pins = floor_requirements.floor_pins(("train",))
+  names = [pin.split("==")[0] for pin in pins]
+  assert len(names) == len(set(names))
+  assert pins[:4] == ["jax==0.10", "jaxlib==0.10", "flax==0.12.7", "numpy==2.0"]  # numpy: core
+  assert {"optax", "orbax-checkpoint", "ml_collections", "chex"} <= set(names)
+
+
+def test_a_requirement_without_a_floor_is_refused(tmp_path):
+  toml = tmp_path / "pyproject.toml"
+  toml.write_text(
+    '[project]\ndependencies = ["jax>=0.7"]\n[project.optional-dependencies]\ntrain = ["optax"]\n'
+  )
+  assert floor_requirements.floor_pins((), toml) == ["jax==0.7"]
+  toml.write_text(toml.read_text().replace('"optax"', '"optax>=0.2", "JAX>=0.10", "jax>=0.9"'))
+  assert floor_requirements.floor_pins(("train",), toml) == ["jax==0.10", "optax==0.2"]
+  toml.write_text(toml.read_text().replace('"optax>=0.2"', '"optax"'))
+  with pytest.raises(ValueError, match="'optax' declares no `>=` floor"):
+    floor_requirements.floor_pins(("train",), toml)
+
+
+def test_readme_states_the_tested_floors():
+  readme = (REPO / "README.md").read_text()
+  for pin in floor_requirements.floor_pins() + floor_requirements.floor_pins(("train",)):
+    name, version = pin.split("==")
+    assert f"{name} {version}" in readme, f"README's tested range lacks {name} {version}"
