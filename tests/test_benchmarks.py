@@ -1,0 +1,122 @@
+"""The benchmarks' shared timing and the GPU suite's smoke mode (CPU, tiny sizes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import _timing, memory
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_alternating_rounds_rotate_the_order_and_pair_the_rounds():
+  calls = []
+
+  def runner(name, cost):
+    def run(n):
+      calls.append(name)
+      _timing.time.sleep(cost * n)
+
+    return run
+
+  samples = _timing.alternating_rounds(
+    {"a": runner("a", 0.002), "b": runner("b", 0.004)}, rounds=4, units={"a": 2, "b": 1}
+  )
+  assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
+  assert all(len(s["wall"]) == 4 and len(s["cpu"]) == 4 for s in samples.values())
+  r = _timing.paired_ratio(samples, "b", "a")["wall"]
+  assert len(r["rounds"]) == 4
+  assert 1.5 < r["median"] < 2.6  # sleeps of 4 ms against 2 ms per unit
+  assert r["ci"][0] <= r["median"] <= r["ci"][1]
+
+
+def test_bootstrap_ci_is_deterministic_and_narrows_with_agreeing_rounds():
+  spread = [0.9, 1.1, 1.0, 1.05, 0.95, 1.2, 0.8]
+  tight = [1.0, 1.001, 0.999, 1.0, 1.0005, 0.9995, 1.0]
+  a, b = _timing.bootstrap_median_ci(spread), _timing.bootstrap_median_ci(spread)
+  assert a == b
+  lo, hi = _timing.bootstrap_median_ci(tight)
+  assert 0.999 <= lo <= 1.0 <= hi <= 1.001
+  assert hi - lo < (a[1] - a[0]) / 10
+
+
+def test_extra_bytes_per_noised_element():
+  rows = {
+    "none": {"temp": 1000, "noised": 0},
+    "dropout": {"temp": 1800, "noised": 100},
+    "sparseout": {"temp": 1900, "noised": 100},
+  }
+  assert memory.extra_bytes(rows) == {
+    "sparseout_vs_dropout": 1.0,
+    "sparseout_vs_none": 9.0,
+    "dropout_vs_none": 8.0,
+  }
+
+
+def _table(path: str) -> list[list[str]]:
+  """Data rows of the markdown table in a file (header and rule lines dropped)."""
+  lines = [ln for ln in open(path).read().splitlines() if ln.startswith("| ")]
+  return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[1:]]
+
+
+def _num(cell: str) -> float:
+  return float(re.match(r"[-0-9.,]+", cell).group(0).replace(",", ""))
+
+
+@pytest.mark.slow
+def test_gpu_suite_smoke_writes_every_table_with_this_runs_numbers(tmp_path):
+  """`gpu_suite.sh --smoke` on CPU: four tables whose numbers are the run's own (json) and consistent."""
+  env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+  # Tiny programs: LLVM's optimisations cost more than they save (halves the compile time here).
+  env["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  proc = subprocess.run(
+    ["bash", os.path.join(ROOT, "benchmarks", "gpu_suite.sh"), "--smoke", "--out", str(tmp_path)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  res = json.load(open(tmp_path / "gpu_suite.json"))
+  assert res["meta"]["smoke"] is True
+  assert res["cudnn_check"]["ok"], res["cudnn_check"]
+
+  op = _table(tmp_path / "gpu_op.md")
+  assert len(op) == 4  # float32 and bfloat16 at two sizes
+  for cells, row in zip(op, res["op"], strict=True):
+    n, item = row["elements"], 4 if row["dtype"] == "float32" else 2
+    assert _num(cells[1]) == n
+    assert _num(cells[2]) == pytest.approx(row["ms"]["dropout"], rel=1e-3)
+    assert _num(cells[3]) == pytest.approx(row["vs_dropout"]["sparseout_q1.5"]["median"], abs=1e-3)
+    # GB/s is the minimal traffic of y, dx = f(x, w) over the measured time
+    gbps = 4 * n * item / (row["ms"]["sparseout_q1.5"] / 1e3) / 1e9
+    assert _num(cells[6]) == pytest.approx(gbps, rel=6e-3)
+    assert _num(cells[8]) > 0
+
+  # LSTM: scan float32 and bfloat16 x 3 noises, cuDNN x 2; WRN: 2 dtypes x 3 noises
+  for name, key, unit, count in (("gpu_lstm.md", "lstm", 10, 8), ("gpu_wrn.md", "wrn", 4, 6)):
+    rows = _table(tmp_path / name)
+    groups = res[key]
+    assert len(rows) == sum(len(g["ms"]) for g in groups.values()) == count
+    for cells in rows:
+      g = groups[cells[0]]
+      ms = g["ms"][cells[1]]
+      assert _num(cells[2]) == pytest.approx(ms, abs=1e-3) and ms > 0
+      assert _num(cells[3]) == pytest.approx(unit / (ms / 1e3), rel=2e-3)
+      if cells[1] == "sparseout":
+        assert _num(cells[4]) == pytest.approx(g["vs_dropout"]["sparseout"]["median"], abs=1e-3)
+
+  mem = _table(tmp_path / "gpu_memory.md")
+  assert len(mem) == 3 * 2 + 3 * 2 + 2  # WRN and LSTM-scan: 3 noises x 2 dtypes; cuDNN: 2 noises
+  temps = {(c[0], c[1], c[2]): _num(c[3]) for c in mem}
+  for model, by_dtype in res["memory"].items():
+    for dtype, by_noise in by_dtype.items():
+      for noise, stats in by_noise.items():
+        assert stats["temp"] > 0 and stats["argument"] > 0
+        assert temps[(model, dtype, noise)] == pytest.approx(stats["temp"] / 2**20, abs=0.06)
