@@ -187,6 +187,14 @@ def run_programs(
   """
   if budget.skip(est_s):
     return {"skipped": f"time budget ({budget.left():.0f} s left, about {est_s:.0f} s needed)"}
+  try:
+    return _run_programs(programs, rounds, target_s)
+  except Exception as e:  # one failing group (a first cuDNN run, memory) must not lose the others
+    log(f"  failed: {type(e).__name__}: {e}")
+    return {"skipped": f"error: {type(e).__name__}: {str(e)[:300]}"}
+
+
+def _run_programs(programs: dict[str, _steps.StepProgram], rounds: int, target_s: float) -> dict:
   mem, runners, units = {}, {}, {}
   for name, p in programs.items():
     t0 = time.perf_counter()
@@ -354,86 +362,107 @@ def main(argv: list[str] | None = None) -> int:
     "smoke": a.smoke,
   }
   parts = a.parts.split(",")
-  results: dict = {"meta": meta}
-  if "op" in parts:
-    log("op table")
-    results["op"] = op_table(cfg["op_sizes"], cfg["rounds"], cfg["target_s"], budget)
-    _write(out, "gpu_op.md", op_markdown(results["op"], meta))
-
-  mem_table: dict = {}
-  if "lstm" in parts:
-    s = cfg["lstm"]
-    groups = {}
-    for backend, dtype in (("scan", "float32"), ("scan", "bfloat16"), ("cudnn", "float32")):
-      label = f"{backend}, {dtype}"
-      log(f"LSTM {label}")
-      noises = _steps.NOISES if backend == "scan" else ("dropout", "sparseout")
-      with cudnn_stand_in(backend == "cudnn" and platform != "gpu"):
-        progs = {n: _steps.lstm_program(n, dtype, backend=backend, **s) for n in noises}
-        groups[label] = run_programs(
-          progs, cfg["rounds"], cfg["target_s"], budget, cfg["est_s"]["lstm"]
-        )
-      if "memory" in groups[label]:
-        mem_table.setdefault(f"AWD-LSTM {backend}", {})[dtype] = groups[label]["memory"]
-    with cudnn_stand_in(platform != "gpu"):
-      try:
-        results["cudnn_check"] = cudnn_check(s)
-      except Exception as e:  # report it in the table; the timing rows above stay valid
-        results["cudnn_check"] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
-    results["lstm"] = groups
-    c = results["cudnn_check"]
-    check = (
-      f"cuDNN vs scan, same weights and key, precision highest: logits max|diff|/max|scan| "
-      f"{c['logits_rel']:.2e}, gradients {c['grads_rel']:.2e}, loss {c['loss_scan']:.6f} vs "
-      f"{c['loss_cudnn']:.6f}: {'OK' if c['ok'] else 'MISMATCH'}."
-      if "error" not in c
-      else f"cuDNN check FAILED: {c['error']}"
-    )
-    if platform != "gpu":
-      check += " (No GPU: the cuDNN call was replaced by jax.experimental.rnn.lstm_ref.)"
-    _write(
-      out,
-      "gpu_lstm.md",
-      step_markdown(
-        f"AWD-LSTM train step, {s['batch']} x {s['bptt']} tokens",
-        "tokens",
-        groups,
-        meta,
-        f"V {s['vocab']}, E {s['emb']}, H {s['hidden']}, {s['layers']} layers, q 1.5 at every site."
-        f" {check}",
-      ),
-    )
-  if "wrn" in parts:
-    s = cfg["wrn"]
-    groups = {}
-    for dtype in ("bfloat16", "float32"):
-      label = f"WRN-{s['depth']}-{s['width']}, {dtype}"
-      log(label)
-      progs = {n: _steps.wrn_program(n, dtype, **s) for n in _steps.NOISES}
-      groups[label] = run_programs(
-        progs, cfg["rounds"], cfg["target_s"], budget, cfg["est_s"]["wrn"]
-      )
-      if "memory" in groups[label]:
-        mem_table.setdefault(f"WRN-{s['depth']}-{s['width']}", {})[dtype] = groups[label]["memory"]
-    results["wrn"] = groups
-    _write(
-      out,
-      "gpu_wrn.md",
-      step_markdown(
-        f"WRN-{s['depth']}-{s['width']} train step, batch {s['batch']}",
-        "images",
-        groups,
-        meta,
-        "Rate 0.3, q 1.5, noise after the second ReLU of each block; nesterov SGD with weight decay.",
-      ),
-    )
-  if mem_table:
-    _write(out, "gpu_memory.md", memory.to_markdown(mem_table, "Train-step memory", meta))
-  results["memory"] = mem_table
-  with open(os.path.join(out, "gpu_suite.json"), "w") as f:
-    json.dump(results, f, indent=1, default=str)
+  for part in parts:
+    if part not in PARTS:
+      ap.error(f"--parts: unknown {part!r}; choose from {tuple(PARTS)}")
+  ok = True
+  for part in PARTS:  # in this order: the cheap tables first, WRN-28-10 (long compiles) last
+    if part in parts:
+      log(f"{part} table")
+      res = {"meta": meta, **PARTS[part](cfg, budget, meta, out, platform)}
+      _dump(out, f"gpu_{part}.json", res)
+      ok = ok and res.get("cudnn_check", {}).get("ok", True)
+  write_memory_table(out, meta)
   log(f"done, {budget.left():.0f} s of the budget left")
-  return 0 if results.get("cudnn_check", {}).get("ok", True) else 1
+  return 0 if ok else 1
+
+
+def part_op(cfg: dict, budget: Budget, meta: dict, out: str, platform: str) -> dict:
+  """The op table (gpu_op.md)."""
+  rows = op_table(cfg["op_sizes"], cfg["rounds"], cfg["target_s"], budget)
+  _write(out, "gpu_op.md", op_markdown(rows, meta))
+  return {"op": rows}
+
+
+def part_lstm(cfg: dict, budget: Budget, meta: dict, out: str, platform: str) -> dict:
+  """AWD-LSTM scan (float32, bfloat16) and cuDNN (float32) steps, the cuDNN check (gpu_lstm.md)."""
+  s = cfg["lstm"]
+  groups, mem = {}, {}
+  for backend, dtype in (("scan", "float32"), ("scan", "bfloat16"), ("cudnn", "float32")):
+    label = f"{backend}, {dtype}"
+    log(f"LSTM {label}")
+    noises = _steps.NOISES if backend == "scan" else ("dropout", "sparseout")
+    with cudnn_stand_in(backend == "cudnn" and platform != "gpu"):
+      progs = {n: _steps.lstm_program(n, dtype, backend=backend, **s) for n in noises}
+      groups[label] = run_programs(
+        progs, cfg["rounds"], cfg["target_s"], budget, cfg["est_s"]["lstm"]
+      )
+    if "memory" in groups[label]:
+      mem.setdefault(f"AWD-LSTM {backend}", {})[dtype] = groups[label]["memory"]
+  with cudnn_stand_in(platform != "gpu"):
+    try:
+      c = cudnn_check(s)
+    except Exception as e:  # report it in the table; the timing rows above stay valid
+      c = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
+  check = (
+    f"cuDNN vs scan, same weights and key, precision highest: logits max|diff|/max|scan| "
+    f"{c['logits_rel']:.2e}, gradients {c['grads_rel']:.2e}, loss {c['loss_scan']:.6f} vs "
+    f"{c['loss_cudnn']:.6f}: {'OK' if c['ok'] else 'MISMATCH'}."
+    if "error" not in c
+    else f"cuDNN check FAILED: {c['error']}"
+  )
+  if platform != "gpu":
+    check += " (No GPU: the cuDNN call was replaced by jax.experimental.rnn.lstm_ref.)"
+  note = (
+    f"V {s['vocab']}, E {s['emb']}, H {s['hidden']}, {s['layers']} layers, q 1.5 at every site."
+    f" {check}"
+  )
+  title = f"AWD-LSTM train step, {s['batch']} x {s['bptt']} tokens"
+  _write(out, "gpu_lstm.md", step_markdown(title, "tokens", groups, meta, note))
+  return {"groups": groups, "cudnn_check": c, "memory": mem}
+
+
+def part_wrn(cfg: dict, budget: Budget, meta: dict, out: str, platform: str) -> dict:
+  """WRN steps, bfloat16 then float32 (gpu_wrn.md)."""
+  s = cfg["wrn"]
+  name = f"WRN-{s['depth']}-{s['width']}"
+  groups, mem = {}, {}
+  for dtype in ("bfloat16", "float32"):
+    label = f"{name}, {dtype}"
+    log(label)
+    progs = {n: _steps.wrn_program(n, dtype, **s) for n in _steps.NOISES}
+    groups[label] = run_programs(progs, cfg["rounds"], cfg["target_s"], budget, cfg["est_s"]["wrn"])
+    if "memory" in groups[label]:
+      mem.setdefault(name, {})[dtype] = groups[label]["memory"]
+  note = "Rate 0.3, q 1.5, noise after the second ReLU of each block; nesterov SGD, weight decay."
+  title = f"{name} train step, batch {s['batch']}"
+  _write(out, "gpu_wrn.md", step_markdown(title, "images", groups, meta, note))
+  return {"groups": groups, "memory": mem}
+
+
+PARTS = {"op": part_op, "lstm": part_lstm, "wrn": part_wrn}
+
+
+def write_memory_table(out: str, meta: dict) -> None:
+  """gpu_memory.md from the memory of gpu_lstm.json and gpu_wrn.json in ``out`` (this run's or older)."""
+  table, dates = {}, []
+  for part in ("lstm", "wrn"):
+    path = os.path.join(out, f"gpu_{part}.json")
+    if os.path.isfile(path):
+      with open(path) as f:
+        res = json.load(f)
+      table.update(res["memory"])
+      dates.append(f"{part}: {res['meta']['date']}")
+  if table:
+    title = "Train-step memory (from gpu_lstm.json and gpu_wrn.json)"
+    _write(
+      out, "gpu_memory.md", memory.to_markdown(table, title, {**meta, "date": "; ".join(dates)})
+    )
+
+
+def _dump(out: str, name: str, obj: dict) -> None:
+  with open(os.path.join(out, name), "w") as f:
+    json.dump(obj, f, indent=1, default=str)
 
 
 if __name__ == "__main__":
