@@ -1,4 +1,4 @@
-"""Validation of the static hyperparameters, done once where they enter."""
+"""Validation of the hyperparameters and inputs, done once where they enter."""
 
 from __future__ import annotations
 
@@ -13,15 +13,25 @@ GRADIENT_RULES = ("exact", "reference")
 RESIDUALS = ("mask", "key")
 
 
-def _static_float(value: Any, name: str) -> float:
-  """Returns `value` as a Python float, or raises if it is traced or not a number."""
-  if isinstance(value, jax.core.Tracer):
+def is_traced(value: Any) -> bool:
+  """True for a value known only while tracing (a jit argument, a scan carry, ...)."""
+  return isinstance(value, jax.core.Tracer)
+
+
+def _traced_scalar(value: Any, name: str) -> jax.Array:
+  """A traced hyperparameter, checked for what tracing can tell: a real scalar."""
+  dtype = jnp.result_type(value)
+  real = jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+  if jnp.ndim(value) != 0 or not real:
     raise TypeError(
-      f"`{name}` must be a static Python number, but got a traced value {value!r}. "
-      f"sparseout specialises its computation on `{name}` (q == 2 takes dropout's own "
-      f"path, and the exponent q/2 picks the fastest power), so pass it as a Python "
-      f"float (e.g. mark it static in jax.jit, or close over it)."
+      f"`{name}` must be a real scalar, got a traced value of shape {jnp.shape(value)} "
+      f"and dtype {dtype}."
     )
+  return value
+
+
+def _static_float(value: Any, name: str) -> float:
+  """Returns `value` as a Python float, or raises if it is not a real number."""
   if (
     isinstance(value, bool)
     or not isinstance(value, (int, float))
@@ -34,16 +44,24 @@ def _static_float(value: Any, name: str) -> float:
     raise TypeError(f"`{name}` must be a scalar real number, got {value!r}.") from e
 
 
-def check_rate(p: Any, name: str = "p") -> float:
-  """Returns the drop rate as a float in [0, 1], or raises ValueError/TypeError."""
+def check_rate(p: Any, name: str = "p", *, allow_traced: bool = False) -> Any:
+  """Returns the drop rate as a float in [0, 1] (or a traced scalar), or raises."""
+  if is_traced(p):
+    if allow_traced:
+      return _traced_scalar(p, name)
+    raise TypeError(f"`{name}` must be a static Python number here, got a traced value {p!r}.")
   p = _static_float(p, name)
   if not (0.0 <= p <= 1.0):  # also rejects NaN
     raise ValueError(f"`{name}` is the drop probability and must lie in [0, 1], got {p}.")
   return p
 
 
-def check_q(q: Any) -> float:
-  """Returns the norm q as a float in (0, inf), or raises ValueError/TypeError."""
+def check_q(q: Any, *, allow_traced: bool = False) -> Any:
+  """Returns the norm q as a float in (0, inf) (or a traced scalar), or raises."""
+  if is_traced(q):
+    if allow_traced:
+      return _traced_scalar(q, "q")
+    raise TypeError(f"`q` must be a static Python number here, got a traced value {q!r}.")
   q = _static_float(q, "q")
   if not (math.isfinite(q) and q > 0.0):
     raise ValueError(f"`q` is the norm of the penalty |x|**q and must be finite and > 0, got {q}.")
@@ -87,3 +105,22 @@ def check_broadcast_dims(broadcast_dims: Sequence[int], ndim: int) -> tuple[int,
 def broadcast_shape(shape: Sequence[int], dims: Sequence[int]) -> tuple[int, ...]:
   """The shape a mask is sampled in: `shape` with every dim in `dims` set to 1 (as Flax)."""
   return tuple(1 if i in dims else s for i, s in enumerate(shape))
+
+
+def check_key(rng: Any, name: str = "rng") -> jax.Array:
+  """Returns `rng` if it is a PRNG key (typed scalar or raw uint32[2] / uint32[4]), else raises."""
+  dtype = getattr(rng, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if jnp.ndim(rng) != 0:
+      raise ValueError(
+        f"`{name}` must be a single PRNG key, got a key array of shape {jnp.shape(rng)} "
+        f"(split it, or vmap over it)."
+      )
+    return rng
+  if dtype == jnp.uint32 and jnp.shape(rng) in ((2,), (4,)):
+    return rng
+  got = f"{type(rng).__name__}" if dtype is None else f"{dtype}{list(jnp.shape(rng))}"
+  raise TypeError(
+    f"`{name}` must be a PRNG key: jax.random.key(seed) (typed) or jax.random.PRNGKey(seed) "
+    f"(raw uint32[2]), got {got}."
+  )

@@ -1,18 +1,20 @@
-"""The Sparseout function: its forward pass, custom VJP and dropout fast path."""
+"""The Sparseout function: its forward pass, its derivative rule and the dropout fast path."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax, random
+from jax.sharding import PartitionSpec
 
 from sparseout_jax import _validate
 from sparseout_jax._power import abs_pow
 
-# The backward pass treats |x| below this floor as equal to it. It is the constant the
+# The derivative treats |x| below this floor as equal to it. It is the constant the
 # authors add to |x| in their PyTorch code; with it the multiplier |x|**(q/2 - 1) of the
 # q < 2 gradient stays below 1e12 for every q > 0, so the gradient is finite at x = 0.
 ABS_FLOOR = 1e-12
@@ -23,86 +25,112 @@ def _compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def _noise(mask: jax.Array, p: float, dtype: jnp.dtype) -> jax.Array:
+def _noise(mask: jax.Array, p: Any, dtype: jnp.dtype) -> jax.Array:
   """eta = m / k - 1: p / k where kept, -1 where dropped; E[eta] = 0, Var[eta] = p / k."""
   return jnp.where(mask, jnp.asarray(p / (1.0 - p), dtype), jnp.asarray(-1.0, dtype))
 
 
-def _forward(x: jax.Array, mask: jax.Array, p: float, q: float) -> jax.Array:
+def _pow(a: jax.Array, e: Any) -> jax.Array:
+  """a ** e: square-root chains for a static exponent, ``lax.pow`` for a traced one."""
+  if isinstance(e, float):
+    return abs_pow(a, e)
+  return lax.pow(a, e.astype(a.dtype))
+
+
+def _forward(x: jax.Array, mask: jax.Array, p: Any, q: Any) -> jax.Array:
   """y = x + sign(x) |x|**(q/2) eta, computed in float32 or wider, returned in x's dtype."""
   cdt = _compute_dtype(x.dtype)
   xf = x.astype(cdt)
-  y = xf + jnp.sign(xf) * abs_pow(jnp.abs(xf), q / 2) * _noise(mask, p, cdt)
-  return y.astype(x.dtype)
+  return (xf + jnp.sign(xf) * _pow(jnp.abs(xf), q / 2) * _noise(mask, p, cdt)).astype(x.dtype)
 
 
-def _backward(
-  x: jax.Array, mask: jax.Array, g: jax.Array, p: float, q: float, coef: float
-) -> jax.Array:
-  """dx = g (1 + coef |x|**(q/2 - 1) eta), |x| floored at ABS_FLOOR; coef = q/2 or 1."""
+def _tangent(t: jax.Array, x: jax.Array, mask: jax.Array, p: Any, q: Any, exact: bool) -> jax.Array:
+  """dy = t (1 + c |x|**(q/2 - 1) eta), |x| floored at ABS_FLOOR; c = q/2 (exact) or 1."""
   cdt = _compute_dtype(x.dtype)
   a = jnp.maximum(jnp.abs(x.astype(cdt)), ABS_FLOOR)
-  dydx = 1.0 + coef * abs_pow(a, q / 2 - 1) * _noise(mask, p, cdt)
-  dx = g.astype(cdt) * dydx
+  coef = q / 2 if exact else 1.0
+  dydx = 1.0 + coef * _pow(a, q / 2 - 1) * _noise(mask, p, cdt)
   if cdt != x.dtype:
-    # A float16 gradient saturates at its largest finite value rather than overflowing.
+    # A float16 derivative saturates at its largest finite value rather than overflowing
+    # (clipped before the product, which must stay linear in t to be transposed).
     big = jnp.finfo(x.dtype).max
-    dx = jnp.clip(dx, -big, big)
-  return dx.astype(x.dtype)
+    dydx = jnp.clip(dydx, -big, big)
+  return (t.astype(cdt) * dydx).astype(x.dtype)
+
+
+def _guard_traced(y: jax.Array, p: Any, q: Any) -> jax.Array:
+  """For traced p, q: zeros at p = 1 (as the static path), NaN where p or q is invalid."""
+  if isinstance(p, float):
+    return y
+  valid = (p >= 0) & (p <= 1) & (q > 0) & jnp.isfinite(q)
+  return jnp.where(valid, jnp.where(p < 1, y, jnp.zeros_like(y)), jnp.full_like(y, jnp.nan))
+
+
+def _mask_sharding(x: jax.Array, shape: tuple[int, ...]) -> Any:
+  """x's sharding for a mask of ``shape``: the same axes, broadcast (size-1) dims replicated."""
+  sharding = jax.typeof(x).sharding
+  if tuple(shape) == tuple(x.shape) or not hasattr(sharding, "spec"):
+    return sharding
+  spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+  kept = [s if n == m else None for s, n, m in zip(spec, shape, x.shape, strict=True)]
+  return sharding.update(spec=PartitionSpec(*kept))
+
+
+def draw_mask(rng: jax.Array, keep: Any, like: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """A Bernoulli(keep) mask of ``shape``, drawn with ``like``'s sharding (as nnx.Dropout)."""
+  return random.bernoulli(rng, keep, shape, out_sharding=_mask_sharding(like, shape))
 
 
 @functools.cache
-def _with_mask(p: float, q: float, coef: float):
-  """A custom-VJP y(x, mask) that saves x and the 1-byte mask for the backward pass."""
+def _perturbation(exact: bool, p: float | None, q: float | None) -> Callable:
+  """y(x, mask, p, q) with the sparseout derivative rule as a custom JVP.
 
-  @jax.custom_vjp
-  def f(x, mask):
-    return _forward(x, mask, p, q)
+  Static p and q (Python floats) are closed over, so the fast power forms apply; with
+  ``p = q = None`` they are taken as (traced) arguments. The JVP rule is linear in the
+  tangent and diagonal, so its transpose, the reverse-mode rule, is g (1 + c |x|**(q/2-1)
+  eta): the same backward pass as a custom VJP, and forward mode works as well.
+  """
 
-  def fwd(x, mask):
-    return _forward(x, mask, p, q), (x, mask)
+  @jax.custom_jvp
+  def f(x, mask, p_arg, q_arg):
+    p_, q_ = (p, q) if p is not None else (p_arg, q_arg)
+    return _guard_traced(_forward(x, mask, p_, q_), p_, q_)
 
-  def bwd(res, g):
-    x, mask = res
-    return _backward(x, mask, g, p, q, coef), None
+  @f.defjvp
+  def f_jvp(primals, tangents):
+    x, mask, p_arg, q_arg = primals
+    p_, q_ = (p, q) if p is not None else (p_arg, q_arg)
+    dx = _guard_traced(_tangent(tangents[0], x, mask, p_, q_, exact), p_, q_)
+    return f(x, mask, p_arg, q_arg), dx
 
-  f.defvjp(fwd, bwd)
   return f
 
 
 @functools.cache
-def _with_key(p: float, q: float, coef: float, shape: tuple[int, ...]):
-  """A custom-VJP y(x, key) that saves x and the key, and draws the mask again backward."""
+def _op(exact: bool, residual: str, p: float | None, q: float | None, shape: tuple[int, ...]):
+  """The differentiable op y(x, mask_or_key, p, q), rematerialised so that reverse mode
+  keeps only its inputs: x and the 1-byte mask (``"mask"``) or x and the key (``"key"``)."""
+  f = _perturbation(exact, p, q)
 
-  def mask_of(key):
-    return random.bernoulli(key, 1.0 - p, shape)
+  def op(x, src, p_arg, q_arg):
+    if residual == "key":
+      src = draw_mask(src, 1.0 - (p if p is not None else p_arg), x, shape)
+    return f(x, src, p_arg, q_arg)
 
-  @jax.custom_vjp
-  def f(x, key):
-    return _forward(x, mask_of(key), p, q)
-
-  def fwd(x, key):
-    return _forward(x, mask_of(key), p, q), (x, key)
-
-  def bwd(res, g):
-    x, key = res
-    return _backward(x, mask_of(key), g, p, q, coef), None
-
-  f.defvjp(fwd, bwd)
-  return f
+  return jax.checkpoint(op)
 
 
 def sparseout(
   rng: jax.Array,
   x: jax.Array,
-  p: float,
-  q: float,
+  p: float | jax.Array,
+  q: float | jax.Array,
   *,
   broadcast_dims: Sequence[int] = (),
   gradient: str = "exact",
   residual: str = "mask",
 ) -> jax.Array:
-  r"""Sparseout: dropout noise scaled by |x|**(q/2), an L_q penalty on activations.
+  r"""Sparseout: dropout noise scaled by |x|**(q/2), an L_q penalty on activations (paper 3).
 
   With drop rate p, keep probability k = 1 - p, mask m ~ Bernoulli(k) and noise
   eta = m / k - 1 (E[eta] = 0, Var[eta] = p / k):
@@ -115,24 +143,33 @@ def sparseout(
   to ``flax.linen.Dropout`` / ``flax.nnx.Dropout`` for the same key). q < 2 pushes
   activations towards sparsity, q > 2 towards density. y = 0 where x = 0.
 
-  Backward (``gradient``):
+  Derivative (``gradient``), used by reverse and forward mode alike:
 
   - ``"exact"``: dy/dx = 1 + (q/2) |x|**(q/2 - 1) eta, the true derivative.
   - ``"reference"``: dy/dx = 1 + |x|**(q/2 - 1) eta, the authors' PyTorch rule.
 
-  For q < 2 the derivative is unbounded as x -> 0, and undefined at 0; the backward pass
-  takes |x| as at least ``ABS_FLOOR`` = 1e-12 (the authors' constant), so at and near
-  x = 0 the gradient is that of |x| = 1e-12: finite for every finite input and q > 0.
-  Half-precision inputs (bfloat16, float16) are computed in float32 and cast back; a
-  float16 gradient saturates at float16's largest finite value. The forward pass can
-  overflow to +-inf only where the exact result lies outside the dtype's range.
+  For q < 2 the derivative is unbounded as x -> 0, and undefined at 0; the rule takes
+  |x| as at least ``ABS_FLOOR`` = 1e-12 (the authors' constant), so at and near x = 0
+  the derivative is that of |x| = 1e-12: finite for every finite input and q > 0. The
+  rule is a custom JVP, rematerialised, so ``grad`` keeps exactly x and a 1-byte mask
+  (or the key) for the backward pass, and ``jvp``, ``jacfwd``, ``linearize`` and
+  ``hessian`` work too. No derivative flows to p or q.
+
+  The mask is drawn with x's sharding (broadcast dims replicated), so under a mesh each
+  device draws only its shard's random bits. Half-precision inputs are computed in
+  float32 and cast back; a float16 derivative saturates at float16's largest value.
 
   Args:
     rng: a PRNG key, typed (``jax.random.key``) or raw (``jax.random.PRNGKey``).
     x: a floating array.
-    p: the DROP probability in [0, 1] (as Flax's ``rate``), a static Python float.
-      p = 0 returns x; p = 1 returns zeros (and zero gradients), as Flax.
-    q: the norm, a static Python float > 0.
+    p: the DROP probability in [0, 1] (as Flax's ``rate``). A Python number selects the
+      fast paths (p = 0 returns x; p = 1 zeros, as Flax). A traced scalar (a schedule
+      under ``jit``) is allowed: p = 1 gives zeros, and a p outside [0, 1] (which cannot
+      be checked while tracing) gives NaN rather than a silent wrong answer.
+    q: the norm, > 0. A Python number selects the fast paths (q = 2 is Flax's dropout;
+      exponents that are multiples of 1/8 use square roots). A traced scalar is allowed
+      (one compiled program for a whole q schedule; q = 2 then equals dropout to within
+      rounding); a traced q <= 0 or non-finite q gives NaN.
     broadcast_dims: dims along which one mask is shared (variational / locked
       sparseout), as in Flax's Dropout.
     gradient: ``"exact"`` (default) or ``"reference"``; irrelevant at q = 2.
@@ -151,60 +188,85 @@ def sparseout(
     >>> y.shape, bool(y[2] == 0.0)
     ((5,), True)
   """
-  p = _validate.check_rate(p, "p")
-  q = _validate.check_q(q)
+  p = _validate.check_rate(p, "p", allow_traced=True)
+  q = _validate.check_q(q, allow_traced=True)
   _validate.check_choice(gradient, "gradient", _validate.GRADIENT_RULES)
   _validate.check_choice(residual, "residual", _validate.RESIDUALS)
+  rng = _validate.check_key(rng)
   x = _validate.check_float_array(x, "x")
   dims = _validate.check_broadcast_dims(broadcast_dims, x.ndim)
-  if p == 0.0:
-    return x
-  if p == 1.0:  # as Flax: zeros, and no 0 * inf in the gradient
-    return jnp.zeros_like(x)
   shape = _validate.broadcast_shape(x.shape, dims)
-  if q == 2.0:
+  if isinstance(p, float):
+    if p == 0.0:
+      return x
+    if p == 1.0:  # as Flax: zeros, and no 0 * inf in the gradient
+      return jnp.zeros_like(x)
+  if isinstance(q, float) and q == 2.0:
     return _dropout(rng, x, p, shape)
-  coef = q / 2 if gradient == "exact" else 1.0
-  if residual == "key":
-    return _with_key(p, q, coef, shape)(x, rng)
-  mask = random.bernoulli(rng, 1.0 - p, shape)
-  return _with_mask(p, q, coef)(x, mask)
+  static = isinstance(p, float) and isinstance(q, float)
+  p_arg, q_arg = (0.0, 0.0) if static else _traced_pair(p, q)
+  op = _op(gradient == "exact", residual, *((p, q) if static else (None, None)), shape)
+  src = rng if residual == "key" else draw_mask(rng, 1.0 - (p if static else p_arg), x, shape)
+  return op(x, src, p_arg, q_arg)
 
 
-def _dropout(rng: jax.Array, x: jax.Array, p: float, shape: tuple[int, ...]) -> jax.Array:
+def _traced_pair(p: Any, q: Any) -> tuple[jax.Array, jax.Array]:
+  """p and q as float32 scalars with no derivative (they are hyperparameters)."""
+  return tuple(lax.stop_gradient(jnp.asarray(v, jnp.float32)) for v in (p, q))
+
+
+def _dropout(rng: jax.Array, x: jax.Array, p: Any, shape: tuple[int, ...]) -> jax.Array:
   """Inverted dropout with exactly Flax's operations (and hence its bits and gradients)."""
+  if not isinstance(p, float):  # a traced rate: p = 1 must give zeros without 0/0 backward
+    p = lax.stop_gradient(jnp.asarray(p, jnp.float32))
+    valid = (p >= 0) & (p <= 1)
+    keep_prob = jnp.where(p < 1, 1.0 - p, 1.0)
+    mask = jnp.broadcast_to(draw_mask(rng, jnp.where(p < 1, keep_prob, 0.0), x, shape), x.shape)
+    y = lax.select(mask, x / keep_prob.astype(x.dtype), jnp.zeros_like(x))
+    return jnp.where(valid, y, jnp.full_like(y, jnp.nan))
   keep_prob = 1.0 - p
-  mask = random.bernoulli(rng, p=keep_prob, shape=shape)
-  mask = jnp.broadcast_to(mask, x.shape)
+  mask = jnp.broadcast_to(draw_mask(rng, keep_prob, x, shape), x.shape)
   return lax.select(mask, x / keep_prob, jnp.zeros_like(x))
 
 
 def sparseout_with_mask(
-  x: jax.Array, mask: jax.Array, p: float, q: float, *, gradient: str = "exact"
+  x: jax.Array,
+  mask: jax.Array,
+  p: float | jax.Array,
+  q: float | jax.Array,
+  *,
+  gradient: str = "exact",
 ) -> jax.Array:
   r"""Sparseout with a given keep mask: y = x + sign(x) |x|**(q/2) (mask / (1 - p) - 1).
 
   The building block of the variants that look a mask up rather than draw it (embedding
   sparseout). ``mask`` is boolean and broadcasts against x. At q = 2 this is Flax's
-  dropout arithmetic, ``select(mask, x / (1 - p), 0)``.
+  dropout arithmetic, ``select(mask, x / (1 - p), 0)``. Derivatives as :func:`sparseout`.
 
   Args:
     x: a floating array.
     mask: a boolean keep mask that broadcasts to x's shape.
-    p: the drop probability in [0, 1), a static Python float.
-    q: the norm, a static Python float > 0.
+    p: the drop probability in [0, 1], a Python float or a traced scalar.
+    q: the norm, > 0, a Python float or a traced scalar.
     gradient: ``"exact"`` or ``"reference"``, as in :func:`sparseout`.
 
   Returns:
     The perturbed array, with the shape and dtype of x.
+
+  Example:
+    >>> x = jnp.array([1.0, -4.0])
+    >>> sparseout_with_mask(x, jnp.array([True, False]), 0.5, 1.0)
+    Array([ 2., -2.], dtype=float32)
   """
-  p = _validate.check_rate(p, "p")
-  q = _validate.check_q(q)
+  p = _validate.check_rate(p, "p", allow_traced=True)
+  q = _validate.check_q(q, allow_traced=True)
   _validate.check_choice(gradient, "gradient", _validate.GRADIENT_RULES)
   x = _validate.check_float_array(x, "x")
-  if p == 1.0:
+  if isinstance(p, float) and p == 1.0:
     return jnp.zeros_like(x)
-  if q == 2.0:
-    return lax.select(jnp.broadcast_to(mask, x.shape), x / (1.0 - p), jnp.zeros_like(x))
-  coef = q / 2 if gradient == "exact" else 1.0
-  return _with_mask(p, q, coef)(x, mask)
+  if isinstance(p, float) and isinstance(q, float):
+    if q == 2.0:
+      return lax.select(jnp.broadcast_to(mask, x.shape), x / (1.0 - p), jnp.zeros_like(x))
+    return _op(gradient == "exact", "mask", p, q, x.shape)(x, mask, 0.0, 0.0)
+  p_arg, q_arg = _traced_pair(p, q)
+  return _op(gradient == "exact", "mask", None, None, x.shape)(x, mask, p_arg, q_arg)

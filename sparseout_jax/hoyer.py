@@ -1,4 +1,4 @@
-"""Hoyer's sparsity measure (SPEC 3)."""
+"""Hoyer's sparsity measure (paper 4.1)."""
 
 from __future__ import annotations
 

@@ -1,20 +1,31 @@
-"""Flax NNX layers: ``Sparseout`` (a drop-in for ``nnx.Dropout``) and ``BridgeoutLinear``."""
+"""Flax NNX layers: ``Sparseout`` (a drop-in for ``nnx.Dropout``), ``BridgeoutLinear``, and
+``replace_dropout``, which puts Sparseout into an existing model without editing its code."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableMapping, MutableSequence, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.nnx import rnglib
+from flax.nnx import filterlib, rnglib
 from flax.nnx.module import first_from
 
 from sparseout_jax import _validate
 from sparseout_jax.core import sparseout
+from sparseout_jax.records import RECORD_NAME, sparsity_stats
 from sparseout_jax.variants import bridgeout_dense
 
-__all__ = ["BridgeoutLinear", "Sparseout"]
+__all__ = ["BridgeoutLinear", "Sparseout", "replace_dropout"]
+
+_NO_DETERMINISTIC = (
+  "No `deterministic` argument was provided to {name}. Consider one of the following options:\n"
+  "1. Pass `deterministic` to the constructor: {name}(..., deterministic=True/False)\n"
+  "2. Pass `deterministic` to __call__: layer(x, deterministic=True/False)\n"
+  "3. Use `model.train()` / `model.eval()`, or `nnx.view` for a view of the model with a "
+  "specific value: nnx.view(model, deterministic=True/False)"
+)
 
 
 def _key_from(layer: nnx.Module, rngs: rnglib.Rngs | rnglib.RngStream | jax.Array | None):
@@ -30,22 +41,34 @@ def _key_from(layer: nnx.Module, rngs: rnglib.Rngs | rnglib.RngStream | jax.Arra
   if isinstance(rngs, rnglib.RngStream):
     return rngs()
   if isinstance(rngs, jax.Array):
-    return rngs
+    return _validate.check_key(rngs, "rngs")
   raise TypeError(f"rngs must be a Rngs, RngStream or jax.Array, but got {type(rngs)}.")
 
 
 def _deterministic(layer: nnx.Module, deterministic: bool | None) -> bool:
   name = type(layer).__name__
   return first_from(
-    deterministic,
-    layer.deterministic,
-    error_msg=f"No `deterministic` argument was provided to {name}: pass it to the "
-    f"constructor, to __call__, or use `model.eval()` / `model.train()`.",
+    deterministic, layer.deterministic, error_msg=_NO_DETERMINISTIC.format(name=name)
   )
 
 
+def _hyper(value: Any) -> Any:
+  """A hyperparameter's value for this call: a Python float, or the array an nnx.Variable holds."""
+  return value.get_value() if isinstance(value, nnx.Variable) else value
+
+
+def _checked(value: Any, check) -> Any:
+  """Validates a number, or an nnx.Variable's value where it is concrete; returns ``value``."""
+  inner = _hyper(value)
+  if isinstance(value, nnx.Variable):
+    if not _validate.is_traced(inner):
+      check(inner)
+    return value
+  return check(value)
+
+
 class Sparseout(nnx.Dropout):
-  r"""Sparseout layer: y = x + sign(x) |x|**(q/2) eta, eta = m/(1-rate) - 1.
+  r"""Sparseout layer: y = x + sign(x) |x|**(q/2) eta, eta = m/(1-rate) - 1 (paper 3).
 
   A drop-in replacement for ``flax.nnx.Dropout`` with one more number, ``q``: the same
   constructor and call-time ``deterministic`` / ``rngs`` semantics, ``model.train()`` /
@@ -53,13 +76,19 @@ class Sparseout(nnx.Dropout):
   ``nnx.Dropout``'s bit for bit. E[y] = x and Var[y] = |x|**q rate / (1 - rate);
   q < 2 makes activations sparser, q > 2 denser. See :func:`sparseout_jax.sparseout`.
 
+  For a schedule, give ``rate`` or ``q`` as an ``nnx.Variable`` holding a scalar and set
+  its value inside the training step: one compiled step serves every value.
+
   Args:
-    rate: the DROP probability in [0, 1].
-    q: the norm, > 0 (2 = dropout).
+    rate: the DROP probability in [0, 1], a number or an ``nnx.Variable``.
+    q: the norm, > 0 (2 = dropout), a number or an ``nnx.Variable``.
     broadcast_dims: dims that share one mask (variational / locked sparseout).
     deterministic: if True, the layer is the identity.
     rng_collection: the rng collection a key is drawn from.
-    gradient: ``"exact"`` or ``"reference"`` backward rule.
+    gradient: ``"exact"`` or ``"reference"`` derivative rule.
+    record_sparsity: if True, every call sows ``{"hoyer", "zero_fraction"}`` of its input
+      as an ``nnx.Intermediate`` named ``"sparsity"`` (read them with
+      :func:`sparseout_jax.sparsity_records`); if False it costs nothing.
     rngs: an ``nnx.Rngs`` or ``RngStream`` (forked, as ``nnx.Dropout`` does), or None.
 
   Example:
@@ -72,24 +101,26 @@ class Sparseout(nnx.Dropout):
 
   def __init__(
     self,
-    rate: float,
-    q: float = 2.0,
+    rate: float | nnx.Variable,
+    q: float | nnx.Variable = 2.0,
     *,
     broadcast_dims: Sequence[int] = (),
     deterministic: bool | None = False,
     rng_collection: str = "dropout",
     gradient: str = "exact",
+    record_sparsity: bool = False,
     rngs: rnglib.Rngs | rnglib.RngStream | None = None,
   ):
     super().__init__(
-      _validate.check_rate(rate, "rate"),
+      _checked(rate, lambda r: _validate.check_rate(r, "rate")),
       broadcast_dims=broadcast_dims,
       deterministic=deterministic,
       rng_collection=rng_collection,
       rngs=rngs,
     )
-    self.q = _validate.check_q(q)
+    self.q = _checked(q, _validate.check_q)
     self.gradient = _validate.check_choice(gradient, "gradient", _validate.GRADIENT_RULES)
+    self.record_sparsity = bool(record_sparsity)
 
   def __call__(
     self,
@@ -108,18 +139,91 @@ class Sparseout(nnx.Dropout):
     Returns:
       The perturbed inputs (zeros when rate == 1).
     """
-    if self.rate == 0.0 or _deterministic(self, deterministic):
+    if self.record_sparsity:
+      self.sow(nnx.Intermediate, RECORD_NAME, sparsity_stats(inputs))
+    rate, q = _hyper(self.rate), _hyper(self.q)
+    if rate is not None and not _validate.is_traced(rate) and float(rate) == 0.0:
       return inputs
-    if self.rate == 1.0:
+    if _deterministic(self, deterministic):
+      return inputs
+    if not _validate.is_traced(rate) and float(rate) == 1.0:
       return jnp.zeros_like(inputs)
     return sparseout(
       _key_from(self, rngs),
       inputs,
-      self.rate,
-      self.q,
+      rate,
+      q,
       broadcast_dims=self.broadcast_dims,
       gradient=self.gradient,
     )
+
+
+def replace_dropout(
+  model: nnx.Module,
+  q: float | nnx.Variable,
+  *,
+  gradient: str = "exact",
+  record_sparsity: bool = False,
+  only: filterlib.Filter = ...,
+) -> int:
+  r"""Replaces, in place, every ``nnx.Dropout`` of a model by a :class:`Sparseout` with norm q.
+
+  Each replacement keeps its Dropout's rate, broadcast dims, deterministic flag, rng
+  collection and rng stream (the same stream object, not a fork), so at q = 2 the model's
+  outputs and gradients are bit-equal before and after. A Dropout shared by several
+  parents is replaced by one Sparseout everywhere. Layers stacked by ``nnx.vmap`` /
+  ``nnx.scan`` are replaced as one layer. Existing Sparseout layers are left alone.
+
+  Args:
+    model: any NNX module (graph); changed in place.
+    q: the norm, > 0, for every replaced layer (a number or an ``nnx.Variable``).
+    gradient: ``"exact"`` or ``"reference"`` derivative rule.
+    record_sparsity: passed to every new layer.
+    only: an NNX filter of (path, Dropout) choosing which to replace (default: all),
+      e.g. ``lambda path, m: "attention" in path``.
+
+  Returns:
+    How many Dropout layers were replaced.
+
+  Example:
+    >>> from flax import nnx
+    >>> from sparseout_jax.nnx import replace_dropout
+    >>> model = nnx.Sequential(nnx.Linear(4, 4, rngs=nnx.Rngs(0)),
+    ...                        nnx.Dropout(0.1, rngs=nnx.Rngs(1)))
+    >>> replace_dropout(model, q=1.5)
+    1
+    >>> type(model.layers[1]).__name__
+    'Sparseout'
+  """
+  q = _checked(q, _validate.check_q)
+  _validate.check_choice(gradient, "gradient", _validate.GRADIENT_RULES)
+  select = filterlib.to_predicate(only)
+  new: dict[int, Sparseout] = {}
+  for path, node in nnx.iter_graph(model):
+    if type(node) is nnx.Dropout and select(path, node) and id(node) not in new:
+      layer = Sparseout(
+        node.rate,
+        q,
+        broadcast_dims=node.broadcast_dims,
+        deterministic=node.deterministic,
+        rng_collection=node.rng_collection,
+        gradient=gradient,
+        record_sparsity=record_sparsity,
+      )
+      layer.rngs = node.rngs  # the same stream: the keys Dropout would have drawn
+      new[id(node)] = layer
+  if isinstance(model, nnx.Dropout) and id(model) in new:
+    raise TypeError("replace_dropout changes a model in place; pass the module that holds it.")
+  for _, parent in list(nnx.iter_graph(model)):
+    if not isinstance(parent, nnx.Module):
+      continue
+    for key, child in list(nnx.iter_children(parent)):
+      if id(child) in new:
+        if isinstance(parent, (MutableSequence, MutableMapping)):
+          parent[key] = new[id(child)]
+        else:
+          setattr(parent, key, new[id(child)])
+  return len(new)
 
 
 class BridgeoutLinear(nnx.Module):
@@ -139,6 +243,12 @@ class BridgeoutLinear(nnx.Module):
     deterministic: if True, no noise.
     rng_collection: the rng collection the noise keys come from.
     rngs: ``nnx.Rngs`` for the parameters and the noise.
+
+  Example:
+    >>> from flax import nnx
+    >>> layer = BridgeoutLinear(3, 2, 0.5, 1.5, rngs=nnx.Rngs(0))
+    >>> layer(jnp.ones((4, 3))).shape
+    (4, 2)
   """
 
   def __init__(

@@ -1,4 +1,4 @@
-"""Sparseout variants for embeddings and weights (SPEC 2)."""
+"""Sparseout variants for embeddings and weights, and Bridgeout (paper 3, 4.4)."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ def embedding_sparseout(
     ((1, 3, 8), True)
   """
   p = _validate.check_rate(p, "p")
+  _validate.check_q(q)
   table = _validate.check_float_array(table, "table")
   if table.ndim != 2:
     raise ValueError(f"`table` must be a (vocab, features) matrix, got shape {table.shape}.")

@@ -55,19 +55,36 @@ def test_unknown_gradient_and_residual():
 
 
 @pytest.mark.parametrize("name", ["p", "q"])
-def test_traced_p_or_q_is_refused_plainly(name):
+def test_traced_p_or_q_must_be_a_real_scalar(name):
   def f(v):
     args = {"p": 0.5, "q": 1.5, name: v}
     return sparseout(K, X, args["p"], args["q"])
 
-  with pytest.raises(
-    TypeError, match=rf"`{name}` must be a static Python number, but got a traced value"
-  ):
-    jax.jit(f)(0.3)
-  # A concrete array scalar outside jit is fine.
+  with pytest.raises(TypeError, match=rf"`{name}` must be a real scalar, got a traced value"):
+    jax.jit(f)(jnp.ones(2))
+  # A concrete array scalar outside jit takes the static path.
   np.testing.assert_array_equal(
     f(jnp.float32(0.25 if name == "p" else 1.5)), f(0.25 if name == "p" else 1.5)
   )
+
+
+@pytest.mark.parametrize("bad", [3, np.uint32(7), jnp.zeros(3, jnp.uint32), jnp.zeros(2)])
+def test_bad_key_names_rng(bad):
+  with pytest.raises(TypeError, match=r"`rng` must be a PRNG key"):
+    sparseout(bad, X, 0.5, 1.5)
+  with pytest.raises(ValueError, match=r"`rng` must be a single PRNG key"):
+    sparseout(jax.random.split(K, 2), X, 0.5, 1.5)
+
+
+def test_embedding_checks_q_even_at_p_zero():
+  with pytest.raises(ValueError, match=r"`q`"):
+    embedding_sparseout(K, jnp.ones((5, 2)), jnp.arange(3), 0.0, -1.0)
+
+
+def test_nnx_no_deterministic_message_gives_the_view_hint():
+  layer = so_nnx.Sparseout(0.5, 1.5, deterministic=None, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"nnx\.view\(model, deterministic=True/False\)"):
+    layer(X)
 
 
 def test_layer_misuse_messages():
