@@ -15,25 +15,39 @@ from benchmarks import _timing, memory
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_alternating_rounds_rotate_the_order_and_pair_the_rounds():
+def test_alternating_rounds_rotate_the_order_and_time_per_unit():
   calls = []
 
   def runner(name, cost):
     def run(n):
-      calls.append(name)
+      calls.append((name, n))
       _timing.time.sleep(cost * n)
 
     return run
 
   samples = _timing.alternating_rounds(
-    {"a": runner("a", 0.002), "b": runner("b", 0.004)}, rounds=4, units={"a": 2, "b": 1}
+    {"a": runner("a", 0.01), "b": runner("b", 0.03)}, rounds=4, units={"a": 3, "b": 1}
   )
-  assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
+  assert [c[0] for c in calls] == ["a", "b", "b", "a", "a", "b", "b", "a"]
+  assert all(n == {"a": 3, "b": 1}[k] for k, n in calls)
   assert all(len(s["wall"]) == 4 and len(s["cpu"]) == 4 for s in samples.values())
-  r = _timing.paired_ratio(samples, "b", "a")["wall"]
-  assert len(r["rounds"]) == 4
-  assert 1.5 < r["median"] < 2.6  # sleeps of 4 ms against 2 ms per unit
-  assert r["ci"][0] <= r["median"] <= r["ci"][1]
+  # per unit: a sleeps 10 ms, b 30 ms (a loaded machine only adds to each sleep)
+  assert all(t >= 0.01 for t in samples["a"]["wall"])
+  assert sorted(samples["a"]["wall"])[1] < 0.03  # divided by its 3 units (undivided: >= 0.03)
+  assert all(t >= 0.03 for t in samples["b"]["wall"])
+
+
+def test_paired_ratio_pairs_round_by_round():
+  samples = {
+    "ref": {"wall": [1.0, 2.0, 4.0, 1.0, 2.0], "cpu": [1.0, 1.0, 1.0, 1.0, 1.0]},
+    "x": {"wall": [1.1, 2.2, 4.4, 1.1, 2.2], "cpu": [0.9, 1.0, 1.1, 1.0, 1.0]},
+  }
+  r = _timing.paired_ratio(samples, "x", "ref")
+  # every round's wall ratio is 1.1 although the rounds' speeds differ 4x: pairing removes the drift
+  assert r["wall"]["rounds"] == pytest.approx([1.1] * 5)
+  assert r["wall"]["ci"] == pytest.approx((1.1, 1.1))
+  assert r["cpu"]["median"] == 1.0
+  assert r["cpu"]["ci"][0] <= 1.0 <= r["cpu"]["ci"][1]
 
 
 def test_bootstrap_ci_is_deterministic_and_narrows_with_agreeing_rounds():

@@ -60,5 +60,5 @@ def test_resume_mid_epoch_sees_the_same_raw_batches():
 
 
 def test_bad_host_split_is_refused():
-  with pytest.raises(ValueError, match="num_hosts"):
+  with pytest.raises(ValueError, match="divisible by the number of hosts"):
     next(augment.raw_train_batches(DS, global_batch=63, seed=0, epoch=0, num_hosts=2))

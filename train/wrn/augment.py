@@ -121,12 +121,7 @@ def raw_train_batches(
     {"image": uint8 (B_local, 32, 32, 3), "label": int32 (B_local,), "oy", "ox": int32 (B_local,),
     "flip": bool (B_local,)}; ``on_device`` of it equals ``train_batches``' batch bit for bit.
   """
-  local = global_batch // num_hosts
-  if global_batch < 1 or global_batch % num_hosts or not 0 <= host_id < num_hosts:
-    raise ValueError(
-      f"need global_batch >= 1 divisible by num_hosts and 0 <= host_id < num_hosts, got "
-      f"global_batch={global_batch}, host_id={host_id}, num_hosts={num_hosts}"
-    )
+  local = input_pipeline._check_hosts(global_batch, host_id, num_hosts)
   batches = data.iterate_epoch(
     {"image": ds.images, "label": ds.labels},
     global_batch,
