@@ -7,7 +7,8 @@ Needs only jax, flax and optax (and this repository). Four tables, each written 
   bytes (x and the cotangent read, y and dx written: 4 n itemsize) over time, against a
   device-to-device copy (2 n itemsize) timed in the same run.
 - ``gpu_wrn.md``: WRN-28-10 train step at batch 128, bfloat16 and float32: images/s, ms/step,
-  Sparseout / dropout (median of paired rounds, 95 % bootstrap CI).
+  Sparseout / dropout (median of paired rounds, 95 % bootstrap CI), XLA's FLOPs per image and the
+  achieved TFLOP/s.
 - ``gpu_lstm.md``: AWD-LSTM (PTB size) train step at 20 x 70, scan backend (float32, bfloat16) and
   cuDNN backend (float32): tokens/s, Sparseout / dropout; and the cuDNN path checked against the
   scan path on the same weights (logits and gradients, at matmul precision "highest").
@@ -195,11 +196,12 @@ def run_programs(
 
 
 def _run_programs(programs: dict[str, _steps.StepProgram], rounds: int, target_s: float) -> dict:
-  mem, runners, units = {}, {}, {}
+  mem, runners, units, flops = {}, {}, {}, {}
   for name, p in programs.items():
     t0 = time.perf_counter()
     stats, compiled = memory.measure(p)
     mem[name] = stats
+    flops[name] = _flops(compiled)
     state, batch, key = p.init()
     box = [state]
 
@@ -218,6 +220,8 @@ def _run_programs(programs: dict[str, _steps.StepProgram], rounds: int, target_s
     "memory": mem,
     "ms": {n: m["wall"] * 1e3 for n, m in med.items()},
     "units_per_s": {n: units[n] / m["wall"] for n, m in med.items()},
+    "flops_per_step": flops,
+    "tflops_per_s": {n: flops[n] / m["wall"] / 1e12 for n, m in med.items()},
   }
   if "dropout" in runners:
     out["vs_dropout"] = {
@@ -226,23 +230,37 @@ def _run_programs(programs: dict[str, _steps.StepProgram], rounds: int, target_s
   return out
 
 
+def _flops(compiled) -> float:
+  """XLA's count of floating-point operations of one call (NaN where the backend gives none)."""
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan")))
+  except Exception:  # best effort: backend dependent
+    return float("nan")
+
+
 def step_markdown(title: str, unit: str, groups: dict, meta: dict, note: str) -> str:
-  """One row per (group, noise): ms/step, units/s, ratio to dropout [CI]."""
+  """One row per (group, noise): ms/step, units/s, ratio to dropout [CI], XLA's FLOPs per unit, TFLOP/s."""
   lines = [
     *_header(title, meta),
     note + " Ratios: median over alternating rounds of the per-round ratio to dropout [95 % CI].",
     "",
-    f"| setting | noise | ms/step | {unit}/s | / dropout |",
-    "|---|---|---|---|---|",
+    f"| setting | noise | ms/step | {unit}/s | / dropout | GFLOP per {unit[:-1]} | TFLOP/s |",
+    "|---|---|---|---|---|---|---|",
   ]
   for g, res in groups.items():
     if "skipped" in res:
-      lines.append(f"| {g} | | skipped: {res['skipped']} | | |")
+      lines.append(f"| {g} | | skipped: {res['skipped'].replace('|', '/')} | | | | |")
       continue
     for n, ms in res["ms"].items():
       ratio = res.get("vs_dropout", {}).get(n)
       cell = _ratio_cell(ratio) if ratio else ("1" if n == "dropout" else "")
-      lines.append(f"| {g} | {n} | {ms:.3f} | {res['units_per_s'][n]:,.0f} | {cell} |")
+      per_unit = res["flops_per_step"][n] / (res["units_per_s"][n] * ms / 1e3) / 1e9
+      lines.append(
+        f"| {g} | {n} | {ms:.3f} | {res['units_per_s'][n]:,.0f} | {cell} | {per_unit:.3g} "
+        f"| {res['tflops_per_s'][n]:.3g} |"
+      )
   return "\n".join(lines) + "\n"
 
 
