@@ -123,6 +123,7 @@ def test_gpu_suite_smoke_writes_every_table_with_this_runs_numbers(tmp_path):
       ms = g["ms"][cells[1]]
       assert _num(cells[2]) == pytest.approx(ms, abs=1e-3) and ms > 0
       assert _num(cells[3]) == pytest.approx(unit / (ms / 1e3), rel=2e-3, abs=0.5)
+      assert _num(cells[5]) > 0 and _num(cells[6]) > 0  # XLA FLOPs per unit, achieved TFLOP/s
       if cells[1] == "sparseout":
         assert _num(cells[4]) == pytest.approx(g["vs_dropout"]["sparseout"]["median"], abs=1e-3)
 
