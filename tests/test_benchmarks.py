@@ -85,10 +85,11 @@ def _num(cell: str) -> float:
 
 @pytest.mark.slow
 def test_gpu_suite_smoke_writes_every_table_with_this_runs_numbers(tmp_path):
-  """`gpu_suite.sh --smoke` on CPU: four tables whose numbers are the run's own (json) and consistent."""
+  """`gpu_suite.sh --smoke` on CPU: five tables whose numbers are the run's own (json) and consistent."""
   env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
   # Tiny programs: LLVM's optimisations cost more than they save (halves the compile time here).
   env["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "jax_cache")
   proc = subprocess.run(
     ["bash", os.path.join(ROOT, "benchmarks", "gpu_suite.sh"), "--smoke", "--out", str(tmp_path)],
     env=env,
@@ -97,9 +98,10 @@ def test_gpu_suite_smoke_writes_every_table_with_this_runs_numbers(tmp_path):
     timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
-  res = {p: json.load(open(tmp_path / f"gpu_{p}.json")) for p in ("op", "lstm", "wrn")}
+  parts = ("op", "lstm", "lstm_cudnn", "wrn")
+  res = {p: json.load(open(tmp_path / f"gpu_{p}.json")) for p in parts}
   assert all(r["meta"]["smoke"] is True for r in res.values())
-  assert res["lstm"]["cudnn_check"]["ok"], res["lstm"]["cudnn_check"]
+  assert res["lstm_cudnn"]["cudnn_check"]["ok"], res["lstm_cudnn"]["cudnn_check"]
 
   op = _table(tmp_path / "gpu_op.md")
   assert len(op) == 4  # float32 and bfloat16 at two sizes
@@ -113,9 +115,9 @@ def test_gpu_suite_smoke_writes_every_table_with_this_runs_numbers(tmp_path):
     assert _num(cells[6]) == pytest.approx(gbps, rel=6e-3)
     assert _num(cells[8]) > 0
 
-  # LSTM: scan float32 and bfloat16 x 3 noises, cuDNN x 2; WRN: 2 dtypes x 3 noises
-  for name, key, unit, count in (("gpu_lstm.md", "lstm", 10, 8), ("gpu_wrn.md", "wrn", 4, 6)):
-    rows = _table(tmp_path / name)
+  # LSTM scan: float32 and bfloat16 x 3 noises; cuDNN: dropout, sparseout; WRN: 2 dtypes x 3 noises
+  for key, unit, count in (("lstm", 10, 6), ("lstm_cudnn", 10, 2), ("wrn", 4, 6)):
+    rows = _table(tmp_path / f"gpu_{key}.md")
     groups = res[key]["groups"]
     assert len(rows) == sum(len(g["ms"]) for g in groups.values()) == count
     for cells in rows:
@@ -130,7 +132,7 @@ def test_gpu_suite_smoke_writes_every_table_with_this_runs_numbers(tmp_path):
   mem = _table(tmp_path / "gpu_memory.md")
   assert len(mem) == 3 * 2 + 3 * 2 + 2  # WRN and LSTM-scan: 3 noises x 2 dtypes; cuDNN: 2 noises
   temps = {(c[0], c[1], c[2]): _num(c[3]) for c in mem}
-  for model, by_dtype in {**res["lstm"]["memory"], **res["wrn"]["memory"]}.items():
+  for model, by_dtype in {k: v for p in parts[1:] for k, v in res[p]["memory"].items()}.items():
     for dtype, by_noise in by_dtype.items():
       for noise, stats in by_noise.items():
         assert stats["temp"] > 0 and stats["argument"] > 0
