@@ -147,6 +147,11 @@ def main() -> None:
   lines = [
     f"# LSTM LM train step, {a.config} (batch {base.batch_size}, bptt {a.bptt}), {result['machine']}",
     "",
+    f"Command: `python -m benchmarks.lm_step_time --config={a.config} --variants={a.variants} "
+    f"--rounds={a.rounds} --steps={a.steps}`  ",
+    f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; JAX {jax.__version__}; load average"
+    f" at the end {os.getloadavg()[0]:.1f}.",
+    "",
     f"{a.rounds} rounds x {a.steps} steps, variants alternated within each round; medians.",
     "",
     "Wall time depends on the other jobs sharing the machine; the CPU seconds of this process",
