@@ -20,13 +20,13 @@ import json
 import os
 import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks import _timing
 from train.autoencoder import input_pipeline, train
 from train.autoencoder.configs import default
 from train.common import data, parallel
@@ -53,11 +53,44 @@ def _setup(hidden: int, regularizer: str, q: float, rate: float, batch: int):
 
 
 def _window(state, step, batches, key):
-  t, c = time.perf_counter(), time.process_time()
+  """Run the steps over ``batches``; the state once they are finished."""
   for b in batches:
     state, m = step(state, b, key)
   jax.block_until_ready((state, m))
-  return state, time.perf_counter() - t, time.process_time() - c
+  return state
+
+
+def _time_methods(hidden: int, methods, args, batches, key) -> dict:
+  """Per-step wall and CPU seconds of each method's windows, in alternating rounds (_timing)."""
+  setups = {}
+  for name, reg in methods:
+    state, step = _setup(hidden, reg, args.q, args.rate, args.batch)
+    state = _window(state, step, batches[:2], key)  # compile + warm up
+    setups[name] = [state, step, 0]  # state, step, windows run
+
+  def runner(name: str):
+    def run(n: int) -> None:
+      s = setups[name]
+      start = (s[2] * args.steps) % (len(batches) - n)
+      s[0] = _window(s[0], s[1], batches[start : start + n], key)
+      s[2] += 1
+
+    return run
+
+  def progress(r: int, t: dict) -> None:
+    print(
+      f"H={hidden} round {r + 1}/{args.rounds}: "
+      + ", ".join(
+        f"{k} {v['wall'][-1] * 1e3:.1f} ms/step (cpu {v['cpu'][-1] * 1e3:.0f})"
+        for k, v in t.items()
+      ),
+      flush=True,
+    )
+
+  units = {n: max(2, args.steps // 8) if n == "bridgeout" else args.steps for n, _ in methods}
+  return _timing.alternating_rounds(
+    {n: runner(n) for n, _ in methods}, args.rounds, units, progress=progress
+  )
 
 
 def main() -> None:
@@ -112,28 +145,9 @@ def main() -> None:
     raise SystemExit("--methods must include backprop (the baseline of the ratios)")
   results = {}
   for hidden in args.hidden:
-    setups, times, cpu = {}, {name: [] for name, _ in methods}, {name: [] for name, _ in methods}
-    for name, reg in methods:
-      state, step = _setup(hidden, reg, args.q, args.rate, args.batch)
-      state, _, _ = _window(state, step, batches[:2], key)  # compile + warm up
-      setups[name] = [state, step]
-    for r in range(args.rounds):
-      order = methods if r % 2 == 0 else methods[::-1]  # alternate, and alternate the order too
-      for name, _ in order:
-        n = max(2, args.steps // 8) if name == "bridgeout" else args.steps
-        start = (r * args.steps) % (len(batches) - n)
-        setups[name][0], sec, csec = _window(
-          setups[name][0], setups[name][1], batches[start : start + n], key
-        )
-        times[name].append(sec / n)
-        cpu[name].append(csec / n)
-      print(
-        f"H={hidden} round {r + 1}/{args.rounds}: "
-        + ", ".join(
-          f"{k} {v[-1] * 1e3:.1f} ms/step (cpu {cpu[k][-1] * 1e3:.0f})" for k, v in times.items()
-        ),
-        flush=True,
-      )
+    timed = _time_methods(hidden, methods, args, batches, key)
+    times = {n: t["wall"] for n, t in timed.items()}
+    cpu = {n: t["cpu"] for n, t in timed.items()}
     med = {k: statistics.median(v) for k, v in times.items()}
     cmed = {k: statistics.median(v) for k, v in cpu.items()}
     results[hidden] = {
@@ -151,7 +165,10 @@ def main() -> None:
     if "sparseout" in med and "dropout" in med:
       results[hidden]["sparseout_over_dropout"] = med["sparseout"] / med["dropout"]
       results[hidden]["sparseout_over_dropout_cpu"] = cmed["sparseout"] / cmed["dropout"]
-    del setups
+      # the median of per-round ratios with its 95 % bootstrap CI, wall and CPU
+      results[hidden]["sparseout_over_dropout_paired"] = _timing.paired_ratio(
+        timed, "sparseout", "dropout"
+      )
 
   names = [n for n, _ in methods]
   lines = [
@@ -176,6 +193,14 @@ def main() -> None:
     lines.append(f"| {hidden} | ratio to backprop (wall) | {row} | |")
     row = " | ".join(f"{res[n]['cpu_ratio_to_backprop']:.3f}" for n in names)
     lines.append(f"| {hidden} | ratio to backprop (process CPU time) | {row} | {so_cpu:.3f} |")
+    if "sparseout_over_dropout_paired" in res:
+      pr = res["sparseout_over_dropout_paired"]
+      pw, pc = pr["wall"], pr["cpu"]
+      lines.append(
+        f"| {hidden} | Sparseout / Dropout, paired rounds [95 % CI] | wall {pw['median']:.3f} "
+        f"[{pw['ci'][0]:.3f}, {pw['ci'][1]:.3f}] | process CPU {pc['median']:.3f} "
+        f"[{pc['ci'][0]:.3f}, {pc['ci'][1]:.3f}] |" + " |" * (len(names) - 1)
+      )
     if hidden in PAPER:
       p = dict(zip([n for n, _ in METHODS], PAPER[hidden], strict=True))
       row = " | ".join(f"{p[n]}" for n in names)

@@ -14,12 +14,12 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import time
 
 import jax
 
+from benchmarks import _timing
 from train.lm import input_pipeline as ip
 from train.lm import train
 from train.lm.configs import ptb_awd, ptb_small
@@ -31,11 +31,6 @@ VARIANTS = {
   "sparseout_q1.5": dict(impl="sparseout", q=1.5),
   "sparseout_q2.5": dict(impl="sparseout", q=2.5),
 }
-
-
-def _cpu() -> float:
-  r = resource.getrusage(resource.RUSAGE_SELF)
-  return r.ru_utime + r.ru_stime
 
 
 def main() -> None:
@@ -82,22 +77,22 @@ def main() -> None:
     run(name, 1)
   compile_s = time.time() - t0
 
-  times: dict[str, list[float]] = {n: [] for n in names}
-  cpu: dict[str, list[float]] = {n: [] for n in names}
-  k = 2
-  for r in range(a.rounds):
-    order = names[r % len(names) :] + names[: r % len(names)]
-    for name in order:
-      c0, t1 = _cpu(), time.time()
-      for _ in range(a.steps):
-        run(name, k)
-        k += 1
-      times[name].append((time.time() - t1) / a.steps)
-      cpu[name].append((_cpu() - c0) / a.steps)
+  counter = iter(range(2, 1 << 30))
+
+  def runner(name: str):
+    return lambda n: [run(name, next(counter)) for _ in range(n)]
+
+  def progress(r: int, s: dict) -> None:
     print(
-      f"round {r + 1}/{a.rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names),
+      f"round {r + 1}/{a.rounds}: " + ", ".join(f"{n} {s[n]['wall'][-1]:.2f}s" for n in names),
       flush=True,
     )
+
+  timed = _timing.alternating_rounds(
+    {n: runner(n) for n in names}, a.rounds, a.steps, progress=progress
+  )
+  times = {n: t["wall"] for n, t in timed.items()}
+  cpu = {n: t["cpu"] for n, t in timed.items()}
 
   tokens = base.batch_size * a.bptt
   ref = names[0]
@@ -114,8 +109,8 @@ def main() -> None:
       "tokens_per_cpu_s": tokens / statistics.median(cpu[n]),
       "tokens_per_s": tokens / med,
       f"ratio_vs_{ref}_median": med / statistics.median(times[ref]),
-      # per-round ratios (the variants of one round ran back to back)
-      f"ratio_vs_{ref}_per_round": [t / u for t, u in zip(times[n], times[ref], strict=True)],
+      # per-round ratios (the variants of one round ran back to back), their median and 95 % CI
+      f"paired_vs_{ref}": _timing.paired_ratio(timed, n, ref),
     }
   result = {
     "config": a.config,
@@ -138,18 +133,30 @@ def main() -> None:
   lines = [
     f"# LSTM LM train step, {a.config} (batch {base.batch_size}, bptt {a.bptt}), {result['machine']}",
     "",
+    f"Command: `python -m benchmarks.lm_step_time --config={a.config} --variants={a.variants} "
+    f"--rounds={a.rounds} --steps={a.steps}`  ",
+    f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; JAX {jax.__version__}; load average"
+    f" at the end {os.getloadavg()[0]:.1f}.",
+    "",
     f"{a.rounds} rounds x {a.steps} steps, variants alternated within each round; medians.",
     "",
     "Wall time depends on the other jobs sharing the machine; the CPU seconds of this process",
     "(user + system) are the steadier measure of the work a step costs.",
     "",
-    f"| variant | wall s/step | tokens/s (wall) | wall ratio vs {ref} | CPU s/step | CPU ratio vs {ref} |",
-    "|---|---|---|---|---|---|",
+    "Paired: the median over rounds of the per-round ratio, with its 95 % percentile-bootstrap CI",
+    "(2000 resamples, seed 0).",
+    "",
+    f"| variant | wall s/step | tokens/s (wall) | wall ratio vs {ref} (of medians) | paired wall "
+    f"[95 % CI] | CPU s/step | CPU ratio vs {ref} (of medians) | paired CPU [95 % CI] |",
+    "|---|---|---|---|---|---|---|---|",
   ]
   for n, r in rows.items():
+    pw, pc = r[f"paired_vs_{ref}"]["wall"], r[f"paired_vs_{ref}"]["cpu"]
     lines.append(
       f"| {n} | {r['step_s_median']:.2f} | {r['tokens_per_s']:.0f} | {r[f'ratio_vs_{ref}_median']:.3f} "
-      f"| {r['cpu_s_per_step_median']:.2f} | {r[f'cpu_ratio_vs_{ref}_median']:.3f} |"
+      f"| {pw['median']:.3f} [{pw['ci'][0]:.3f}, {pw['ci'][1]:.3f}] "
+      f"| {r['cpu_s_per_step_median']:.2f} | {r[f'cpu_ratio_vs_{ref}_median']:.3f} "
+      f"| {pc['median']:.3f} [{pc['ci'][0]:.3f}, {pc['ci'][1]:.3f}] |"
     )
   with open(stem + ".md", "w") as f:
     f.write("\n".join(lines) + "\n")

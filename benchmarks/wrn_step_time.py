@@ -21,12 +21,12 @@ import argparse
 import json
 import os
 import platform
-import random
 import statistics
 import time
 
 import jax
 
+from benchmarks import _timing
 from train.common import parallel
 from train.wrn import input_pipeline, train
 from train.wrn.configs import wrn28_10_cifar10
@@ -63,13 +63,11 @@ def build(
     except Exception:  # cost analysis is best effort and backend dependent
       pass
 
-  def run(n: int) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) per step over n steps."""
-    t0, c0 = time.perf_counter(), time.process_time()
+  def run(n: int) -> None:
+    """n steps, finished."""
     for _ in range(n):
       box["state"], m = train_step(box["state"], sharded, key)
     jax.block_until_ready((box["state"], m))
-    return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
 
   run(1)  # the jit-level compile and first-run allocation
   return {"run": run, "flops": flops}
@@ -83,14 +81,9 @@ def measure(args: argparse.Namespace, depth: int, width: int) -> dict:
     n: build(depth, width, args.batch, args.dtype, VARIANTS[n], args.cost_analysis) for n in names
   }
   compile_s = time.perf_counter() - t0
-  samples: dict[str, list[float]] = {n: [] for n in names}
-  cpu: dict[str, list[float]] = {n: [] for n in names}
-  for r in range(args.rounds):
-    order = names[r % len(names) :] + names[: r % len(names)]
-    for n in order:
-      wall, proc = runners[n]["run"](args.steps)
-      samples[n].append(wall)
-      cpu[n].append(proc)
+  timed = _timing.alternating_rounds({n: runners[n]["run"] for n in names}, args.rounds, args.steps)
+  samples = {n: t["wall"] for n, t in timed.items()}
+  cpu = {n: t["cpu"] for n, t in timed.items()}
   med = {n: statistics.median(v) for n, v in samples.items()}
   med_cpu = {n: statistics.median(v) for n, v in cpu.items()}
   out = {
@@ -129,29 +122,6 @@ def measure(args: argparse.Namespace, depth: int, width: int) -> dict:
   return out
 
 
-def pipeline_images_per_s(batch: int, batches: int = 100, reps: int = 3) -> list[float]:
-  """Host input pipeline throughput (WRN augmentation + normalisation, one thread) over `reps` epochs' starts."""
-  ds = input_pipeline.synthetic(50000, 10, seed=0)
-  out = []
-  for epoch in range(reps):
-    t0, n = time.perf_counter(), 0
-    for i, b in enumerate(
-      input_pipeline.train_batches(ds, global_batch=batch, seed=0, epoch=epoch)
-    ):
-      n += len(b["label"])
-      if i + 1 == batches:
-        break
-    out.append(n / (time.perf_counter() - t0))
-  return out
-
-
-def bootstrap_median_ci(ratios: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-  """95 % percentile-bootstrap interval of the median of per-round ratios (deterministic: fixed seed)."""
-  rng = random.Random(seed)
-  meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(n))
-  return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
-
-
 def to_markdown(results: list[dict], meta: dict) -> str:
   """A results table: median step time, images/s and the sparseout/dropout ratios per model."""
   lines = [
@@ -174,12 +144,12 @@ def to_markdown(results: list[dict], meta: dict) -> str:
       spread = f"{min(ratio['round_ratios']):.2f}-{max(ratio['round_ratios']):.2f}" if ratio else ""
       ci_wall = ci_cpu = ""
       if ratio:
-        lo, hi = bootstrap_median_ci(ratio["round_ratios"])
+        lo, hi = _timing.bootstrap_median_ci(ratio["round_ratios"])
         ci_wall = f"{lo:.3f}-{hi:.3f}"
         cpu = [
           x / y for x, y in zip(r["samples_cpu_s"][n], r["samples_cpu_s"]["dropout"], strict=True)
         ]
-        lo, hi = bootstrap_median_ci(cpu)
+        lo, hi = _timing.bootstrap_median_ci(cpu)
         ci_cpu = f"{lo:.3f}-{hi:.3f}"
       lines.append(
         f"| {r['model']} | {r['batch']} | {r['dtype']} | {n} | {s:.4f} | {r['images_per_s'][n]:.3g} "
@@ -201,24 +171,12 @@ def main() -> None:
   p.add_argument("--cost_analysis", action="store_true", help="XLA FLOPs per step (compiles twice)")
   p.add_argument("--out", default="benchmarks/results")
   p.add_argument("--suffix", default="", help="appended to the results file name")
-  p.add_argument(
-    "--pipeline", action="store_true", help="only time the host input pipeline at --batch"
-  )
   args = p.parse_args()
   if args.peak_tflops:
     args.cost_analysis = True
   for v in args.variants.split(","):
     if v not in VARIANTS:
       p.error(f"--variants: unknown {v!r}; choose from {tuple(VARIANTS)}")
-  if args.pipeline:
-    ips = pipeline_images_per_s(args.batch)
-    print(json.dumps({"pipeline_images_per_s": ips, "median": statistics.median(ips)}), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"wrn_input_pipeline{args.suffix}.json"), "w") as f:
-      json.dump(
-        {"batch": args.batch, "images_per_s": ips, "median": statistics.median(ips)}, f, indent=1
-      )
-    return
   results = []
   for m in args.models.split(","):
     depth, width = (int(x) for x in m.split("-"))

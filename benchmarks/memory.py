@@ -1,0 +1,139 @@
+"""Compiled memory of the WRN-28-10 and AWD-LSTM train steps: Sparseout against dropout and no noise.
+
+For each model, compute dtype and noise it lowers the single-device train step of ``benchmarks._steps``
+on abstract arguments (nothing is allocated), compiles it, and reads XLA's
+``compiled.memory_analysis()``: temp bytes (activations kept for the backward pass and scratch) and
+argument bytes (parameters, optimizer state, batch). The extra temp bytes of Sparseout over dropout,
+divided by the number of noised elements of one step, is the price of the noise per activation.
+
+  python -m benchmarks.memory                      # WRN-28-10 at batch 128, AWD-LSTM at 20 x 70
+  python -m benchmarks.memory --models lstm --dtypes float32
+
+Writes ``benchmarks/results/memory_<platform>.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+
+from benchmarks import _steps
+
+MODELS = {
+  "wrn": ("WRN-28-10, batch 128", lambda noise, dtype: _steps.wrn_program(noise, dtype)),
+  "lstm": (
+    "AWD-LSTM (PTB), batch 20 x bptt 70",
+    lambda noise, dtype: _steps.lstm_program(noise, dtype),
+  ),
+}
+
+
+def measure(program: _steps.StepProgram) -> tuple[dict, object]:
+  """(memory stats + noised-element count, compiled step) of one program."""
+  compiled = program.step.lower(*program.abstract_args).compile()
+  return {**_steps.memory_stats(compiled), "noised": program.noised}, compiled
+
+
+def extra_bytes(rows: dict[str, dict]) -> dict[str, float]:
+  """Extra temp bytes per noised element: sparseout over dropout, and each noise over no noise.
+
+  Args:
+    rows: noise name -> memory stats (as ``measure`` returns) for one model and dtype.
+
+  Returns:
+    {"sparseout_vs_dropout": b, "sparseout_vs_none": b, "dropout_vs_none": b}, bytes per noised
+    element, for the pairs present.
+  """
+  out = {}
+  for a, b in (("sparseout", "dropout"), ("sparseout", "none"), ("dropout", "none")):
+    if a in rows and b in rows and rows[a]["noised"]:
+      out[f"{a}_vs_{b}"] = (rows[a]["temp"] - rows[b]["temp"]) / rows[a]["noised"]
+  return out
+
+
+def to_markdown(table: dict, title: str, meta: dict) -> str:
+  """One row per (model, dtype, noise): temp and argument MiB, and the extra bytes per noised element.
+
+  Args:
+    table: {model label: {dtype: {noise: stats}}}.
+    title: the heading.
+    meta: "command", "date", "device", "jax".
+  """
+  mib = 1 << 20
+  lines = [
+    f"# {title}",
+    "",
+    f"Command: `{meta['command']}`  ",
+    f"Date: {meta['date']}; device: {meta['device']}; JAX {meta['jax']}.",
+    "Bytes from XLA's `compiled.memory_analysis()` of one train step (forward, backward, update; the"
+    " state donated). Noised elements: the elements of every tensor a noise layer acts on in one step."
+    " Extra B/elem: the temp-bytes difference divided by them.",
+    "",
+    "| model | dtype | noise | temp MiB | argument MiB | noised elements | extra B/elem vs dropout"
+    " | extra B/elem vs no noise |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for model, by_dtype in table.items():
+    for dtype, rows in by_dtype.items():
+      extra = extra_bytes(rows)
+      for noise, r in rows.items():
+        vs_drop = extra.get(f"{noise}_vs_dropout")
+        vs_none = extra.get(f"{noise}_vs_none")
+        lines.append(
+          f"| {model} | {dtype} | {noise} | {r['temp'] / mib:.1f} | {r['argument'] / mib:.1f} "
+          f"| {r['noised']:,} | {'' if vs_drop is None else f'{vs_drop:.3f}'} "
+          f"| {'' if vs_none is None else f'{vs_none:.3f}'} |"
+        )
+  return "\n".join(lines) + "\n"
+
+
+def device_meta(command: str) -> dict:
+  """Command, UTC date, device kind and JAX version, for a results header."""
+  d = jax.devices()[0]
+  return {
+    "command": command,
+    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    "device": f"{d.platform} ({d.device_kind}), {os.cpu_count()} host cores",
+    "jax": jax.__version__,
+  }
+
+
+def main() -> None:
+  """Parse flags, compile every variant, write the results files."""
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--models", default="wrn,lstm")
+  ap.add_argument("--dtypes", default="float32,bfloat16")
+  ap.add_argument("--noises", default="none,dropout,sparseout")
+  ap.add_argument("--out", default="benchmarks/results")
+  a = ap.parse_args()
+  for m in a.models.split(","):
+    if m not in MODELS:
+      ap.error(f"--models: unknown {m!r}; choose from {tuple(MODELS)}")
+  table: dict = {}
+  for m in a.models.split(","):
+    label, make = MODELS[m]
+    for dtype in a.dtypes.split(","):
+      for noise in a.noises.split(","):
+        t0 = time.perf_counter()
+        stats, _ = measure(make(noise, dtype))
+        table.setdefault(label, {}).setdefault(dtype, {})[noise] = stats
+        print(f"{label} {dtype} {noise}: {stats} ({time.perf_counter() - t0:.0f} s)", flush=True)
+  meta = device_meta(
+    f"python -m benchmarks.memory --models {a.models} --dtypes {a.dtypes} --noises {a.noises}"
+  )
+  extra = {m: {d: extra_bytes(rows) for d, rows in by.items()} for m, by in table.items()}
+  stem = os.path.join(a.out, f"memory_{jax.devices()[0].platform}")
+  os.makedirs(a.out, exist_ok=True)
+  with open(stem + ".json", "w") as f:
+    json.dump({"meta": meta, "table": table, "extra_bytes_per_noised": extra}, f, indent=1)
+  with open(stem + ".md", "w") as f:
+    f.write(to_markdown(table, "Train-step memory: Sparseout, dropout, no noise", meta))
+  print(open(stem + ".md").read())
+
+
+if __name__ == "__main__":
+  main()
