@@ -67,7 +67,12 @@ def test_gradients_are_finite_and_outputs_finite_or_overflowing(case):
       sparseout(key, x, p, q, broadcast_dims=dims, gradient=gradient).astype(jnp.float32).sum()
     )
   )(x)
-  assert bool(jnp.isfinite(g).all())
+  # Likewise the derivative 1 + c |x|**(q/2-1) eta may overflow only where its exact value does.
+  dbound = 1.0 + max(q / 2, 1.0) * np.maximum(xf, 1e-12) ** (q / 2 - 1) * max(
+    1.0, p / (1 - p) if p < 1 else 0.0
+  )
+  dinf_ok = dbound > float(jnp.finfo(x.dtype).max) / 2
+  assert bool(np.all(np.isfinite(np.asarray(g, np.float64)) | dinf_ok))
 
 
 @SETTINGS
