@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from train.common import data
 from train.wrn import input_pipeline
 
 PAD = input_pipeline.PAD
@@ -121,15 +120,14 @@ def raw_train_batches(
     {"image": uint8 (B_local, 32, 32, 3), "label": int32 (B_local,), "oy", "ox": int32 (B_local,),
     "flip": bool (B_local,)}; ``on_device`` of it equals ``train_batches``' batch bit for bit.
   """
-  local = input_pipeline._check_hosts(global_batch, host_id, num_hosts)
-  batches = data.iterate_epoch(
-    {"image": ds.images, "label": ds.labels},
-    global_batch,
-    seed,
-    epoch,
-    start_step=start_batch,
-    process_index=host_id,
-    process_count=num_hosts,
-  )
-  for b, batch in enumerate(batches, start=start_batch):
+  for b, batch in input_pipeline.epoch_batches(
+    ds,
+    global_batch=global_batch,
+    seed=seed,
+    epoch=epoch,
+    host_id=host_id,
+    num_hosts=num_hosts,
+    start_batch=start_batch,
+  ):
+    local = global_batch // num_hosts  # num_hosts checked by epoch_batches
     yield {**batch, **draws(seed, epoch, b, global_batch, host_id * local, local)}

@@ -327,6 +327,34 @@ def train_steps_per_epoch(num_examples: int, global_batch: int) -> int:
   return data.steps_per_epoch(num_examples, global_batch)
 
 
+def epoch_batches(
+  ds: ArrayDataset,
+  *,
+  global_batch: int,
+  seed: int,
+  epoch: int,
+  host_id: int = 0,
+  num_hosts: int = 1,
+  start_batch: int = 0,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+  """(global batch index b, this host's raw uint8 slice of batch b) for one shuffled epoch.
+
+  The order is `train.common.data`'s: a permutation from (seed, epoch), global batch b = slice b of
+  it, this host reading its contiguous share. Args as :func:`train_batches`.
+  """
+  _check_hosts(global_batch, host_id, num_hosts)
+  batches = data.iterate_epoch(
+    {"image": ds.images, "label": ds.labels},
+    global_batch,
+    seed,
+    epoch,
+    start_step=start_batch,
+    process_index=host_id,
+    process_count=num_hosts,
+  )
+  yield from enumerate(batches, start=start_batch)
+
+
 def train_batches(
   ds: ArrayDataset,
   *,
@@ -356,21 +384,18 @@ def train_batches(
   Yields:
     {"image": float32 (B_local, 32, 32, 3), "label": int32 (B_local,)} with B_local = global_batch / num_hosts.
   """
-  _check_hosts(global_batch, host_id, num_hosts)
-  arrays = {"image": ds.images, "label": ds.labels}
-  batches = data.iterate_epoch(
-    arrays,
-    global_batch,
-    seed,
-    epoch,
-    start_step=start_batch,
-    process_index=host_id,
-    process_count=num_hosts,
-  )
-  local = global_batch // num_hosts
-  for b, batch in enumerate(batches, start=start_batch):
+  for b, batch in epoch_batches(
+    ds,
+    global_batch=global_batch,
+    seed=seed,
+    epoch=epoch,
+    host_id=host_id,
+    num_hosts=num_hosts,
+    start_batch=start_batch,
+  ):
     # Draws for the whole global batch, this host using its slice: 2 hosts x 2 devices augment every
     # example as 1 host x 4 does (the trailing 0 keeps single-host runs' draws as they were).
     rng = np.random.default_rng([seed, epoch, b, 0])
-    image = augment(batch["image"], rng, offset=host_id * local, total=global_batch)
+    offset = host_id * (global_batch // num_hosts)  # num_hosts checked by epoch_batches
+    image = augment(batch["image"], rng, offset=offset, total=global_batch)
     yield {"image": normalize(image), "label": batch["label"]}
