@@ -14,6 +14,8 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+import jax
+
 Runner = Callable[[int], object]
 
 
@@ -129,3 +131,13 @@ def interleaved_medians(
   units = {k: calibrate(run) for k, run in runners.items()}
   med = medians(alternating_rounds(runners, rounds, units))
   return {k: (m["wall"], m["cpu"]) for k, m in med.items()}
+
+
+def jitted_vjp(layer: Callable) -> Callable:
+  """jit of f(key, x, w) = (layer(key, x), w^T d layer / dx): one forward + backward to time."""
+
+  def f(key, x, w):
+    y, pull = jax.vjp(lambda x: layer(key, x), x)
+    return y, pull(w)[0]
+
+  return jax.jit(f)

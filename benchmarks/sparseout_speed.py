@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from benchmarks import _timing
 from benchmarks._timing import interleaved_medians
 from sparseout_jax import sparseout
 
@@ -32,20 +33,13 @@ def _jax_variants(impl: str, dtype, residuals: tuple[str, ...]) -> dict:
   """name -> jitted f(key, x, w) returning (y, dx)."""
   drop = nn.Dropout(RATE, deterministic=False)
 
-  def vjp_of(layer):
-    def f(key, x, w):
-      y, pull = jax.vjp(lambda x: layer(key, x), x)
-      return y, pull(w)[0]
-
-    return jax.jit(f)
-
   out = {
-    "identity": vjp_of(lambda k, x: x),
-    "flax_dropout": vjp_of(lambda k, x: drop.apply({}, x, rng=k)),
+    "identity": _timing.jitted_vjp(lambda k, x: x),
+    "flax_dropout": _timing.jitted_vjp(lambda k, x: drop.apply({}, x, rng=k)),
   }
   for q in (1.5, 2.5):
     for r in residuals:
-      out[f"sparseout_q{q}_{r}"] = vjp_of(
+      out[f"sparseout_q{q}_{r}"] = _timing.jitted_vjp(
         lambda k, x, q=q, r=r: sparseout(k, x, RATE, q, residual=r)
       )
   return {f"{name}[{impl}]": (impl, fn) for name, fn in out.items()}
