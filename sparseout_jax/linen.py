@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from sparseout_jax.records import RECORD_NAME, sparsity_stats
 __all__ = ["Sparseout", "replace_dropout"]
 
 _AUTONAME = "Dropout"
+_DROPOUT_CALL = inspect.signature(nn.Dropout.__call__)
 
 
 def _apply(
@@ -202,12 +204,3 @@ def replace_dropout(
 
   with nn.intercept_methods(interceptor):
     yield
-
-
-def _dropout_call_signature():
-  import inspect
-
-  return inspect.signature(nn.Dropout.__call__)
-
-
-_DROPOUT_CALL = _dropout_call_signature()

@@ -142,7 +142,7 @@ class Sparseout(nnx.Dropout):
     if self.record_sparsity:
       self.sow(nnx.Intermediate, RECORD_NAME, sparsity_stats(inputs))
     rate, q = _hyper(self.rate), _hyper(self.q)
-    if rate is not None and not _validate.is_traced(rate) and float(rate) == 0.0:
+    if not _validate.is_traced(rate) and float(rate) == 0.0:
       return inputs
     if _deterministic(self, deterministic):
       return inputs
