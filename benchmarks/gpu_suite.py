@@ -436,8 +436,11 @@ def part_lstm_cudnn(cfg: dict, budget: Budget, meta: dict, out: str, platform: s
     except Exception as e:  # report it in the table; the timing rows below may still work
       c = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
     log("LSTM cudnn, float32")
-    progs = {n: _steps.lstm_program(n, "float32", backend="cudnn", **s) for n in _NOISED}
-    group = run_programs(progs, cfg["rounds"], cfg["target_s"], budget, cfg["est_s"]["lstm"])
+    try:  # the model refuses a JAX whose cuDNN LSTM is wrong (lstm_lm.check_cudnn_backend)
+      progs = {n: _steps.lstm_program(n, "float32", backend="cudnn", **s) for n in _NOISED}
+      group = run_programs(progs, cfg["rounds"], cfg["target_s"], budget, cfg["est_s"]["lstm"])
+    except RuntimeError as e:
+      group = {"skipped": f"{e}"[:300]}
   check = (
     f"cuDNN vs scan, same weights and key, precision highest: logits max|diff|/max|scan| "
     f"{c['logits_rel']:.2e}, gradients {c['grads_rel']:.2e}, loss {c['loss_scan']:.6f} vs "

@@ -17,6 +17,7 @@ before the call, so the locked masks still sit between layers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -202,6 +203,56 @@ def lstm_cudnn(
   return jnp.swapaxes(y, 0, 1), (hn[0], cn[0])
 
 
+CUDNN_TOLERANCE = (
+  1e-3  # max |cuDNN - scan| / max |scan| of the check below (TF32 is ruled out there)
+)
+
+
+def check_cudnn_backend(lstm_fn=None) -> float:
+  """Run one small layer through ``lstm_cudnn`` and ``lstm_scan`` under ``jit``; raise if they differ.
+
+  The cuDNN call sits between the time-major/batch-major transposes inside the compiled program,
+  exactly as in the model. Why this exists: with JAX 0.11.2 on an H100 and an H200 (2026-11-26),
+  ``jax.experimental.rnn.lstm`` returned wrong outputs whenever such a transpose was compiled next to
+  it (relative error 0.4 to 1.9, from the first step), while the same call outside ``jit`` agreed with
+  the scan layer to 2e-7. The model refuses the cuDNN backend where this check fails, rather than
+  train on wrong numbers; where JAX is fixed, the check passes and the backend works.
+
+  Args:
+    lstm_fn: override of ``jax.experimental.rnn.lstm`` (tests pass a CPU stand-in).
+
+  Returns:
+    The relative difference ``max |cuDNN - scan| / max |scan|`` of the outputs.
+
+  Raises:
+    RuntimeError: when it exceeds ``CUDNN_TOLERANCE``.
+  """
+  t, b, n_in, hid = 7, 3, 5, 4
+  # Concrete even when a model is built under tracing (nnx.eval_shape, jit).
+  with jax.ensure_compile_time_eval(), jax.default_matmul_precision("highest"):
+    k = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(k[0], (t, b, n_in))
+    w_ih = jax.random.normal(k[1], (n_in, 4 * hid))
+    w_hh = jax.random.normal(k[2], (hid, 4 * hid))
+    bias = jax.random.normal(k[3], (4 * hid,))
+    zero = jnp.zeros((b, hid))
+    want = jax.jit(lstm_scan)(x @ w_ih + 2 * bias, w_hh, zero, zero)[0]
+    got = jax.jit(lambda *a: lstm_cudnn(*a, lstm_fn=lstm_fn)[0])(
+      x, w_ih, w_hh, bias, bias, zero, zero
+    )
+    rel = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
+  if not rel <= CUDNN_TOLERANCE:
+    raise RuntimeError(
+      f"backend='cudnn': jax.experimental.rnn.lstm under jit differs from the scan LSTM on the "
+      f"same weights (relative difference {rel:.2g} > {CUDNN_TOLERANCE}); this JAX "
+      f"({jax.__version__}) computes a wrong cuDNN LSTM here. Use backend='scan'."
+    )
+  return rel
+
+
+_checked_cudnn = functools.cache(check_cudnn_backend)
+
+
 class SparsityProbe(nnx.Module):
   """Records the sparsity of the activations at one Sparseout site (the input of its noise).
 
@@ -257,7 +308,8 @@ class LSTMLM(nnx.Module):
       num_layers: number of LSTM layers (>= 1).
       reg: regularisation (default: AWD-LSTM PTB rates at q = 2).
       compute_dtype: matmul operand dtype (``jnp.bfloat16`` for mixed precision); params stay float32.
-      backend: ``"scan"`` (lax.scan, any device) or ``"cudnn"`` (``jax.experimental.rnn``, GPU, float32).
+      backend: ``"scan"`` (lax.scan, any device) or ``"cudnn"`` (``jax.experimental.rnn``, GPU, float32;
+        on a GPU, :func:`check_cudnn_backend` runs first and refuses a JAX whose cuDNN LSTM is wrong).
       record_sparsity: record the sparsity of the activations entering the locked sites on every call:
         ``site_i`` (embedding output), ``site_h/<l>`` (output of LSTM layer l below the last), ``site_o``
         (last LSTM output). The embedding (``e``) and weight (``w``) sites act on parameters, not on
@@ -268,6 +320,8 @@ class LSTMLM(nnx.Module):
       raise ValueError(f"num_layers must be >= 1, got {num_layers}")
     if backend not in ("scan", "cudnn"):
       raise ValueError(f"backend must be 'scan' or 'cudnn', got {backend!r}")
+    if backend == "cudnn" and jax.default_backend() == "gpu":
+      _checked_cudnn()  # once per process: a wrong cuDNN LSTM raises here, not after training
     self.reg = reg if reg is not None else Regularisation()
     self.compute_dtype = compute_dtype
     self.backend = backend

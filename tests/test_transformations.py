@@ -39,10 +39,14 @@ def test_forward_mode_equals_reverse_mode_and_the_rule(q, gradient, residual):
   fwd = jax.jvp(f, (X,), (t,))[1]
   lin = jax.linearize(f, X)[1](t)
   want = t * (_dydx(X, q, gradient) if q != 2.0 else _mask() / (1 - P_DROP))
+  # atol: at x = 0.3, q = 1.5 the rule is 1 - 0.75 * 0.3**-0.25 = -0.013, a cancellation that
+  # turns one float32 rounding of the power (the GPU's differs from the CPU's) into 1e-5 relative.
   for got in (rev, fwd, lin):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-6)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-6, atol=5e-7)
   jac = jax.jacfwd(f)(X[0])
-  np.testing.assert_allclose(np.diag(np.asarray(jac)), np.asarray(want[0] / t[0]), rtol=2e-6)
+  np.testing.assert_allclose(
+    np.diag(np.asarray(jac)), np.asarray(want[0] / t[0]), rtol=2e-6, atol=5e-7
+  )
 
 
 @pytest.mark.parametrize("q", [1.5, 3.0])
@@ -95,7 +99,8 @@ def test_export_round_trip():
   grad = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(sparseout(KEY, x, 0.5, 1.5)))))
   exported = export.export(grad)(X)
   want = jax.grad(lambda x: jnp.sum(jnp.sin(sparseout(KEY, x, 0.5, 1.5))))(X)
-  np.testing.assert_allclose(np.asarray(exported.call(X)), np.asarray(want), rtol=1e-6)
+  # The exported program is compiled apart, so its fusion (and rounding) may differ (atol: see above).
+  np.testing.assert_allclose(np.asarray(exported.call(X)), np.asarray(want), rtol=1e-6, atol=5e-7)
 
 
 @pytest.mark.parametrize("q", [1.5, 2.0, 2.5])
