@@ -12,7 +12,7 @@ from jax import lax, random
 from jax.sharding import PartitionSpec
 
 from sparseout_jax import _validate
-from sparseout_jax._power import abs_pow
+from sparseout_jax._power import abs_pow, abs_pow_traced
 
 # The derivative treats |x| below this floor as equal to it. It is the constant the
 # authors add to |x| in their PyTorch code; with it the multiplier |x|**(q/2 - 1) of the
@@ -31,10 +31,10 @@ def _noise(mask: jax.Array, p: Any, dtype: jnp.dtype) -> jax.Array:
 
 
 def _pow(a: jax.Array, e: Any) -> jax.Array:
-  """a ** e: square-root chains for a static exponent, ``lax.pow`` for a traced one."""
+  """a ** e: square-root chains for a static exponent, exp(e log a) for a traced one."""
   if isinstance(e, float):
     return abs_pow(a, e)
-  return lax.pow(a, e.astype(a.dtype))
+  return abs_pow_traced(a, e)
 
 
 def _forward(x: jax.Array, mask: jax.Array, p: Any, q: Any) -> jax.Array:
