@@ -296,3 +296,37 @@ def test_linen_swapped_layer_draws_dropouts_key():
   a = WithDropout().apply({}, X, rngs=rngs)
   b = WithSparseout().apply({}, X, rngs=rngs)
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_linen_records_inside_nn_scan_need_intermediates_in_variable_axes():
+  """README: with "intermediates" in the scan's variable_axes, one record per layer, averaged."""
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+      x = nn.Dense(8)(x)
+      return so_linen.Sparseout(0.3, q=1.5, record_sparsity=True)(x, deterministic=False), None
+
+  class Stack(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      scan = nn.scan(
+        Block,
+        variable_axes={"params": 0, "intermediates": 0},
+        split_rngs={"params": True, "dropout": True},
+        length=3,
+      )
+      return scan()(x, None)[0]
+
+  x = jax.random.normal(jax.random.key(0), (4, 8))
+  model = Stack()
+  variables = model.init({"params": jax.random.key(1), "dropout": jax.random.key(2)}, x)
+  _, state = model.apply(
+    variables, x, rngs={"dropout": jax.random.key(3)}, mutable=["intermediates"]
+  )
+  (stacked,) = state["intermediates"]["ScanBlock_0"]["Dropout_0"]["sparsity"]
+  assert stacked["hoyer"].shape == (3,)  # one record per scanned layer
+  assert len(set(np.asarray(stacked["hoyer"]).tolist())) == 3
+  ((path, record),) = sparsity_records(state).items()
+  assert path == "ScanBlock_0/Dropout_0"
+  np.testing.assert_allclose(record["hoyer"], np.mean(stacked["hoyer"]), rtol=1e-6)
