@@ -28,7 +28,7 @@ import jax
 
 from benchmarks import _timing
 from train.common import parallel
-from train.wrn import input_pipeline, train
+from train.wrn import augment, input_pipeline, train
 from train.wrn.configs import wrn28_10_cifar10
 
 VARIANTS = {
@@ -50,7 +50,7 @@ def build(
   graphdef, state, tx = train.init_state(c, 10, 390)
   train_step, _ = train.make_steps(graphdef, tx, False)
   ds = input_pipeline.synthetic(batch, 10, seed=0)
-  host_batch = {"image": input_pipeline.normalize(ds.images), "label": ds.labels}
+  host_batch = next(augment.raw_train_batches(ds, global_batch=batch, seed=0, epoch=0))
   sharded = jax.device_put(parallel.shard(host_batch))
   key = jax.random.key(0)
   box = {"state": parallel.replicate(state)}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from train.common import metrics, parallel
-from train.wrn import input_pipeline, train
+from train.wrn import augment, train
 from train.wrn.configs import tiny
 
 
@@ -39,7 +39,7 @@ def test_train_step_keeps_every_device_identical(datasets) -> None:
   graphdef, state, tx = train.init_state(config, 10, 4)
   train_step, _ = train.make_steps(graphdef, tx, False)
   batch = next(
-    input_pipeline.train_batches(datasets["train"], global_batch=config.batch_size, seed=0, epoch=0)
+    augment.raw_train_batches(datasets["train"], global_batch=config.batch_size, seed=0, epoch=0)
   )
   rstate, m = train_step(parallel.replicate(state), parallel.shard(batch), jax.random.key(0))
   for name in ("params", "batch_stats", "opt_state"):

@@ -25,7 +25,7 @@ from jax import lax
 from models.wrn import PLACEMENTS, REGULARIZERS, WideResNet
 from train.common import checkpoint, errors, evaluation, labels, loop, parallel, plots
 from train.common import step as step_lib
-from train.wrn import input_pipeline
+from train.wrn import augment, input_pipeline
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # WRN-28-10 with dropout in the reference (Zagoruyko & Komodakis 2016), test error in %: the target a full run
@@ -202,6 +202,8 @@ def make_steps(graphdef: Any, tx: optax.GradientTransformation, skip_nonfinite: 
   """
 
   def loss_fn(params, state, batch, key):
+    # The pixel work on the device: the host only gathers raw uint8 images (augment.py).
+    batch = augment.on_device(batch)
     model = nnx.merge(graphdef, params, state["batch_stats"], copy=True)
     logits, _ = nnx.capture(model, nnx.Intermediate)(batch["image"], train=True, key=key)
     loss = jnp.mean(cross_entropy(logits, batch["label"]))
@@ -307,7 +309,7 @@ def train_and_evaluate(
       f.write(config.to_json(indent=1))
 
   def batches(epoch: int, start: int):
-    for batch in input_pipeline.train_batches(
+    for batch in augment.raw_train_batches(
       train_ds,
       global_batch=global_batch,
       seed=int(config.data_seed),
