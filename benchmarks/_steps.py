@@ -21,6 +21,8 @@ from models import lstm_lm
 from models.wrn import WideResNet
 
 NOISES = ("none", "dropout", "sparseout")
+# The WRN also times Sparseout with the block's noise recomputed in the backward (remat_noise).
+WRN_NOISES = (*NOISES, "sparseout_remat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +61,8 @@ def wrn_program(
   """WRN-depth-width train step on (batch, 32, 32, 3) images: CE loss, nesterov SGD, weight decay.
 
   Args:
-    noise: "none", "dropout" or "sparseout" (in every block, after the second ReLU).
+    noise: "none", "dropout", "sparseout" (in every block, after the second ReLU) or
+      "sparseout_remat" (the same, ``remat_noise=True``).
     dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
     depth, width: the WRN's size.
     batch: images per step.
@@ -71,7 +74,15 @@ def wrn_program(
 
   def make():
     return WideResNet(
-      depth, width, 10, regularizer=noise, rate=rate, q=q, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0)
+      depth,
+      width,
+      10,
+      regularizer=noise.removesuffix("_remat"),
+      rate=rate,
+      q=q,
+      dtype=jnp.dtype(dtype),
+      remat_noise=noise.endswith("_remat"),
+      rngs=nnx.Rngs(0),
     )
 
   abstract_model = nnx.eval_shape(make)

@@ -478,11 +478,14 @@ def part_wrn(cfg: dict, budget: Budget, meta: dict, out: str, platform: str) -> 
   for dtype in ("bfloat16", "float32"):
     label = f"{name}, {dtype}"
     log(label)
-    progs = {n: _steps.wrn_program(n, dtype, **s) for n in _steps.NOISES}
+    progs = {n: _steps.wrn_program(n, dtype, **s) for n in _steps.WRN_NOISES}
     groups[label] = run_programs(progs, cfg["rounds"], cfg["target_s"], budget, cfg["est_s"]["wrn"])
     if "memory" in groups[label]:
       mem.setdefault(name, {})[dtype] = groups[label]["memory"]
-  note = "Rate 0.3, q 1.5, noise after the second ReLU of each block; nesterov SGD, weight decay."
+  note = (
+    "Rate 0.3, q 1.5, noise after the second ReLU of each block; nesterov SGD, weight decay;"
+    " sparseout_remat: the model's remat_noise=True (noise and conv input recomputed in backward)."
+  )
   title = f"{name} train step, batch {s['batch']}"
   _write(out, "gpu_wrn.md", step_markdown(title, "images", groups, meta, note))
   return {"groups": groups, "memory": mem}

@@ -45,11 +45,13 @@ def extra_bytes(rows: dict[str, dict]) -> dict[str, float]:
     rows: noise name -> memory stats (as ``measure`` returns) for one model and dtype.
 
   Returns:
-    {"sparseout_vs_dropout": b, "sparseout_vs_none": b, "dropout_vs_none": b}, bytes per noised
-    element, for the pairs present.
+    {"sparseout_vs_dropout": b, "sparseout_vs_none": b, "dropout_vs_none": b} (and the same for
+    every other "sparseout*" row, e.g. "sparseout_remat"), bytes per noised element, for the pairs
+    present.
   """
   out = {}
-  for a, b in (("sparseout", "dropout"), ("sparseout", "none"), ("dropout", "none")):
+  pairs = [(a, b) for a in rows if a.startswith("sparseout") for b in ("dropout", "none")]
+  for a, b in [*pairs, ("dropout", "none")]:
     if a in rows and b in rows and rows[a]["noised"]:
       out[f"{a}_vs_{b}"] = (rows[a]["temp"] - rows[b]["temp"]) / rows[a]["noised"]
   return out

@@ -92,6 +92,11 @@ def make_regularizer(
   raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {kind!r}")
 
 
+def _noise_then_conv(noise: nnx.Module, conv: nnx.Conv, x: jax.Array, key: jax.Array) -> jax.Array:
+  """conv(noise(x)) in training: the region ``remat_noise`` recomputes in the backward pass."""
+  return conv(noise(x, deterministic=False, rngs=key))
+
+
 class BasicBlock(nnx.Module):
   """Pre-activation WRN block: x + conv(reg(relu(bn(conv(relu(bn(x))))))), 1x1 conv shortcut on width change."""
 
@@ -110,6 +115,7 @@ class BasicBlock(nnx.Module):
     axis_name: str | None,
     dtype: jnp.dtype,
     record_sparsity: bool = False,
+    remat_noise: bool = False,
     rngs: nnx.Rngs,
   ) -> None:
     """Create the block's two BN-ReLU-conv units, its noise layer and (if widths differ) its shortcut.
@@ -129,8 +135,12 @@ class BasicBlock(nnx.Module):
       axis_name: pmap axis over which BN batch statistics are averaged (None outside pmap).
       dtype: compute dtype (parameters and BN statistics stay float32).
       record_sparsity: the noise layer (Sparseout) records the sparsity of its input on every call.
+      remat_noise: in training, recompute the noise layer (its mask from the key) and the second
+        convolution's input in the backward pass instead of keeping them (``nnx.remat``): the step
+        keeps neither the noised activation nor the mask. Same values and gradients.
       rngs: parameter initialisation keys.
     """
+    self.remat_noise = bool(remat_noise)
     self.bn0 = _bn(cin, bn_momentum, axis_name, dtype, rngs)
     self.conv0 = _conv(cin, cout, 3, stride, dtype, rngs)
     self.bn1 = _bn(cout, bn_momentum, axis_name, dtype, rngs)
@@ -155,9 +165,12 @@ class BasicBlock(nnx.Module):
     if self.noise is not None and self.placement == "before_bn":
       y = self.noise(y, deterministic=not train, rngs=key)
     o2 = nnx.relu(self.bn1(y, use_running_average=not train))
-    if self.noise is not None and self.placement == "after_relu":
-      o2 = self.noise(o2, deterministic=not train, rngs=key)
-    z = self.conv1(o2)
+    if self.noise is not None and self.placement == "after_relu" and train and self.remat_noise:
+      z = nnx.remat(_noise_then_conv)(self.noise, self.conv1, o2, key)
+    else:
+      if self.noise is not None and self.placement == "after_relu":
+        o2 = self.noise(o2, deterministic=not train, rngs=key)
+      z = self.conv1(o2)
     return z + (self.shortcut(o1) if self.shortcut is not None else x)
 
 
@@ -179,6 +192,7 @@ class WideResNet(nnx.Module):
     axis_name: str | None = None,
     dtype: jnp.dtype = jnp.float32,
     record_sparsity: bool = False,
+    remat_noise: bool = False,
     rngs: nnx.Rngs,
   ) -> None:
     """Build WRN-depth-width.
@@ -196,6 +210,8 @@ class WideResNet(nnx.Module):
       axis_name: pmap axis name for cross-device BN statistics; None when not under pmap.
       dtype: compute dtype, float32 or bfloat16 (params and BN statistics are float32 either way).
       record_sparsity: every Sparseout layer records the sparsity of its input (train and eval).
+      remat_noise: every block recomputes its noise and the second conv's input in the backward
+        pass rather than keeping them (memory for compute; see ``BasicBlock``).
       rngs: parameter initialisation keys (stream "params").
     """
     if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
@@ -239,6 +255,7 @@ class WideResNet(nnx.Module):
             axis_name=axis_name,
             dtype=dtype,
             record_sparsity=record_sparsity,
+            remat_noise=remat_noise,
             rngs=rngs,
           )
         )

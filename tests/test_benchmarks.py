@@ -65,10 +65,13 @@ def test_extra_bytes_per_noised_element():
     "none": {"temp": 1000, "noised": 0},
     "dropout": {"temp": 1800, "noised": 100},
     "sparseout": {"temp": 1900, "noised": 100},
+    "sparseout_remat": {"temp": 1700, "noised": 100},
   }
   assert memory.extra_bytes(rows) == {
     "sparseout_vs_dropout": 1.0,
     "sparseout_vs_none": 9.0,
+    "sparseout_remat_vs_dropout": -1.0,
+    "sparseout_remat_vs_none": 7.0,
     "dropout_vs_none": 8.0,
   }
 
@@ -115,8 +118,8 @@ def test_gpu_suite_smoke_writes_every_table_with_this_runs_numbers(tmp_path):
     assert _num(cells[6]) == pytest.approx(gbps, rel=6e-3)
     assert _num(cells[8]) > 0
 
-  # LSTM scan: float32 and bfloat16 x 3 noises; cuDNN: dropout, sparseout; WRN: 2 dtypes x 3 noises
-  for key, unit, count in (("lstm", 10, 6), ("lstm_cudnn", 10, 2), ("wrn", 4, 6)):
+  # LSTM scan: float32 and bfloat16 x 3 noises; cuDNN: dropout, sparseout; WRN: 2 dtypes x 4 noises
+  for key, unit, count in (("lstm", 10, 6), ("lstm_cudnn", 10, 2), ("wrn", 4, 8)):
     rows = _table(tmp_path / f"gpu_{key}.md")
     groups = res[key]["groups"]
     assert len(rows) == sum(len(g["ms"]) for g in groups.values()) == count
@@ -130,7 +133,7 @@ def test_gpu_suite_smoke_writes_every_table_with_this_runs_numbers(tmp_path):
         assert _num(cells[4]) == pytest.approx(g["vs_dropout"]["sparseout"]["median"], abs=1e-3)
 
   mem = _table(tmp_path / "gpu_memory.md")
-  assert len(mem) == 3 * 2 + 3 * 2 + 2  # WRN and LSTM-scan: 3 noises x 2 dtypes; cuDNN: 2 noises
+  assert len(mem) == 4 * 2 + 3 * 2 + 2  # WRN 4 noises, LSTM-scan 3, x 2 dtypes; cuDNN: 2 noises
   temps = {(c[0], c[1], c[2]): _num(c[3]) for c in mem}
   for model, by_dtype in {k: v for p in parts[1:] for k, v in res[p]["memory"].items()}.items():
     for dtype, by_noise in by_dtype.items():
