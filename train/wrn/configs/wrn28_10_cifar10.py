@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.placement = "after_relu"  # after_relu (WRN reference, paper 4.3) | before_bn (an experiment)
   c.gradient = "exact"  # sparseout backward rule: exact | reference
   c.bn_momentum = 0.9  # Flax convention (PyTorch momentum 0.1)
-  c.remat_noise = False  # True: recompute each block's noise and conv input in the backward (memory)
+  c.remat_noise = False  # True: recompute each block's noise in the backward (less memory)
   # Compute dtype: float32 | bfloat16 | auto (bfloat16 on GPU/TPU, float32 on CPU); parameters and BN
   # statistics stay float32 either way.
   c.dtype = "auto"
