@@ -88,7 +88,10 @@ class Sparseout(nnx.Dropout):
     gradient: ``"exact"`` or ``"reference"`` derivative rule.
     record_sparsity: if True, every call sows ``{"hoyer", "zero_fraction"}`` of its input
       as an ``nnx.Intermediate`` named ``"sparsity"`` (read them with
-      :func:`sparseout_jax.sparsity_records`); if False it costs nothing.
+      :func:`sparseout_jax.sparsity_records`); if False it costs nothing. Call the model
+      under ``nnx.capture(model, nnx.Intermediate)``, in a training step too: outside it,
+      Flax's (deprecated) ``sow`` appends a record to the layer on every call, which
+      changes the model's state, so ``nnx.jit`` retraces every step.
     rngs: an ``nnx.Rngs`` or ``RngStream`` (forked, as ``nnx.Dropout`` does), or None.
 
   Example:

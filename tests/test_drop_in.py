@@ -199,7 +199,9 @@ def test_records_report_the_autoencoder_numbers_and_q_moves_them():
     @nnx.jit
     def step(model, opt, key):
       def loss(m):
-        logits, _ = m(x, key)
+        # Recording under nnx.capture, as a training step should: outside it, Flax's sow appends a
+        # record to the layer on every call, and nnx.jit retraces each step (5 min here, not 10 s).
+        (logits, _), _ = nnx.capture(m, nnx.Intermediate)(x, key)
         return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, x))
 
       opt.update(model, nnx.grad(loss)(model))
