@@ -27,8 +27,8 @@ def draws(
 ) -> dict[str, np.ndarray]:
   """Crop offsets and flips of one global batch, this host's slice: the host pipeline's own draws.
 
-  ``rng = default_rng([seed, epoch, batch, 0])``; oy, ox ~ U{0..2 PAD}, flip = U[0, 1) < 1/2, each
-  drawn for all ``global_batch`` images (in that order), then ``[offset, offset + size)`` kept.
+  ``input_pipeline.augment_draws`` from ``input_pipeline.batch_rng(seed, epoch, batch)``, for all
+  ``global_batch`` images, then ``[offset, offset + size)`` kept.
 
   Args:
     seed, epoch, batch: the run seed, the epoch and the batch's index in it.
@@ -44,10 +44,8 @@ def draws(
     its first batch with.
   """
   size = global_batch - offset if size is None else size
-  rng = np.random.default_rng([seed, epoch, batch, 0])
-  oy = rng.integers(0, 2 * PAD + 1, size=global_batch)[offset : offset + size]
-  ox = rng.integers(0, 2 * PAD + 1, size=global_batch)[offset : offset + size]
-  flip = (rng.random(global_batch) < 0.5)[offset : offset + size]
+  rng = input_pipeline.batch_rng(seed, epoch, batch)
+  oy, ox, flip = input_pipeline.augment_draws(rng, size, offset, global_batch)
   return {"oy": oy.astype(np.int32), "ox": ox.astype(np.int32), "flip": flip}
 
 

@@ -296,15 +296,39 @@ def augment(
     uint8 (B, 32, 32, 3) augmented images.
   """
   b, h, w, _ = images.shape
-  total = b if total is None else total
   padded = np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)), mode="reflect")
-  oy = rng.integers(0, 2 * PAD + 1, size=total)[offset : offset + b]
-  ox = rng.integers(0, 2 * PAD + 1, size=total)[offset : offset + b]
-  flip = (rng.random(total) < 0.5)[offset : offset + b]
+  oy, ox, flip = augment_draws(rng, b, offset, total)
   rows = oy[:, None] + np.arange(h)[None, :]
   cols = ox[:, None] + np.arange(w)[None, :]
   cols = np.where(flip[:, None], cols[:, ::-1], cols)
   return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def batch_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
+  """The generator of global batch ``batch``'s augmentation draws: seeded (seed, epoch, batch, 0).
+
+  The trailing 0 keeps single-host runs' draws as they were before hosts shared a batch's draws.
+  """
+  return np.random.default_rng([seed, epoch, batch, 0])
+
+
+def augment_draws(
+  rng: np.random.Generator, size: int, offset: int = 0, total: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Crop offsets and flips of ``size`` images at ``offset`` in a batch of ``total``, drawn at once.
+
+  oy, ox ~ U{0..2 PAD} and flip = U[0, 1) < 1/2, each drawn for all ``total`` images in that
+  order, then ``[offset, offset + size)`` kept: the one definition of the WRN augmentation's
+  randomness, for the host pipeline (:func:`augment`) and the on-device one (``augment.py``).
+
+  Returns:
+    (oy, ox, flip): int64, int64 and bool arrays of length ``size``.
+  """
+  total = size if total is None else total
+  oy = rng.integers(0, 2 * PAD + 1, size=total)[offset : offset + size]
+  ox = rng.integers(0, 2 * PAD + 1, size=total)[offset : offset + size]
+  flip = (rng.random(total) < 0.5)[offset : offset + size]
+  return oy, ox, flip
 
 
 def _check_hosts(global_batch: int, host_id: int, num_hosts: int) -> int:
@@ -394,8 +418,7 @@ def train_batches(
     start_batch=start_batch,
   ):
     # Draws for the whole global batch, this host using its slice: 2 hosts x 2 devices augment every
-    # example as 1 host x 4 does (the trailing 0 keeps single-host runs' draws as they were).
-    rng = np.random.default_rng([seed, epoch, b, 0])
+    # example as 1 host x 4 does.
     offset = host_id * (global_batch // num_hosts)  # num_hosts checked by epoch_batches
-    image = augment(batch["image"], rng, offset=offset, total=global_batch)
+    image = augment(batch["image"], batch_rng(seed, epoch, b), offset=offset, total=global_batch)
     yield {"image": normalize(image), "label": batch["label"]}
