@@ -203,9 +203,8 @@ def lstm_cudnn(
   return jnp.swapaxes(y, 0, 1), (hn[0], cn[0])
 
 
-CUDNN_TOLERANCE = (
-  1e-3  # max |cuDNN - scan| / max |scan| of the check below (TF32 is ruled out there)
-)
+# max |cuDNN - scan| / max |scan| allowed by the check below (TF32 is ruled out there).
+CUDNN_TOLERANCE = 1e-3
 
 
 def check_cudnn_backend(lstm_fn=None) -> float:

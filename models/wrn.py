@@ -165,10 +165,11 @@ class BasicBlock(nnx.Module):
     if self.noise is not None and self.placement == "before_bn":
       y = self.noise(y, deterministic=not train, rngs=key)
     o2 = nnx.relu(self.bn1(y, use_running_average=not train))
-    if self.noise is not None and self.placement == "after_relu" and train and self.remat_noise:
+    after_relu = self.noise is not None and self.placement == "after_relu"
+    if after_relu and train and self.remat_noise:
       z = nnx.remat(_noise_then_conv)(self.noise, self.conv1, o2, key)
     else:
-      if self.noise is not None and self.placement == "after_relu":
+      if after_relu:
         o2 = self.noise(o2, deterministic=not train, rngs=key)
       z = self.conv1(o2)
     return z + (self.shortcut(o1) if self.shortcut is not None else x)

@@ -92,7 +92,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> WideResN
     axis_name=parallel.AXIS,
     dtype=compute_dtype(config.dtype),
     record_sparsity=bool(config.record_sparsity),
-    remat_noise=bool(config.get("remat_noise", False)),
+    remat_noise=bool(config.remat_noise),
     rngs=nnx.Rngs(params=int(config.seed)),
   )
 
