@@ -1,7 +1,7 @@
 """The shared training loop (train/common/loop.py) on a toy least-squares program.
 
 Properties: a run stopped at max_steps and resumed equals an uninterrupted one bit for bit, and its
-metrics.jsonl holds every step and epoch once; a non-finite step stops the run naming that step and
+metrics.jsonl and its TensorBoard events (as TensorBoard reads them) hold every step and epoch once; a non-finite step stops the run naming that step and
 the last good checkpoint (none is written after it), or is skipped and counted with the parameters
 left as they were; a checkpoint from one non-finite mode resumes in the other; a SIGTERM during
 set-up, before the first step, still checkpoints and exits 0; a program that ends training early
@@ -10,8 +10,11 @@ stays ended when started again.
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
+import struct
+import time
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +22,8 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from tensorboardX import SummaryWriter
+from tensorboardX.proto import event_pb2
 
 from train.common import checkpoint, guard, loop, metrics, parallel, run_control
 from train.common import step as step_lib
@@ -90,6 +95,23 @@ def _w(result) -> np.ndarray:
   return np.asarray(parallel.unreplicate(result.state["params"])["w"])
 
 
+def _tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
+  """Scalars as TensorBoard shows them: files in name order, and a SessionLog.START at step s
+  hides every event read before it whose step is >= s (TensorBoard's purge of a restarted run)."""
+  series: dict[str, list[tuple[int, float]]] = {}
+  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    data, i = open(path, "rb").read(), 0
+    while i < len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
+      (n,) = struct.unpack("<Q", data[i : i + 8])
+      event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+      i += 12 + n + 4
+      if event.session_log.status == event_pb2.SessionLog.START:
+        series = {k: [(s, v) for s, v in pts if s < event.step] for k, pts in series.items()}
+      for value in event.summary.value:
+        series.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return series
+
+
 def test_resume_is_bit_equal_and_logs_every_step_and_epoch_once(tmp_path) -> None:
   whole = _run(tmp_path / "whole")
   part = _run(tmp_path / "part", max_steps=9)
@@ -97,6 +119,9 @@ def test_resume_is_bit_equal_and_logs_every_step_and_epoch_once(tmp_path) -> Non
   # A crash after rows that no checkpoint recorded: the replay must not log them twice.
   with open(tmp_path / "part" / "metrics.jsonl", "a") as f:
     f.write('{"step": 10, "epoch": 1, "train/loss": 1.0}\n')
+  tb_dir, suffix = str(tmp_path / "part" / "tensorboard"), f".{time.time_ns()}"
+  with SummaryWriter(tb_dir, filename_suffix=suffix) as tb:
+    tb.add_scalar("train/loss", 1.0, 10)
   resumed = _run(tmp_path / "part")
   assert resumed.finished and resumed.steps == whole.steps == EPOCHS * STEPS
   np.testing.assert_array_equal(_w(resumed), _w(whole))
@@ -109,6 +134,14 @@ def test_resume_is_bit_equal_and_logs_every_step_and_epoch_once(tmp_path) -> Non
   assert all("step" in r and "epoch" in r for r in rows)
   ref = metrics.read_jsonl(tmp_path / "whole" / "metrics.jsonl")
   assert [r["step"] for r in ref if "train/loss" in r] == train_steps
+  tb = _tensorboard_scalars(tmp_path / "part" / "tensorboard")
+  tb_ref = _tensorboard_scalars(tmp_path / "whole" / "tensorboard")
+  assert [s for s, _ in tb["train/loss"]] == train_steps
+  assert [s for s, _ in tb["eval/loss"]] == [r["step"] for r in rows if "eval/loss" in r]
+  timed = ("epoch/seconds",)  # wall time: the only scalar that differs between the two runs
+  assert {k: v for k, v in tb.items() if k not in timed} == {
+    k: v for k, v in tb_ref.items() if k not in timed
+  }
 
 
 def test_nonfinite_step_stops_naming_it_and_the_last_checkpoint(tmp_path) -> None:

@@ -193,8 +193,8 @@ def run(program: Program, config: ml_collections.ConfigDict, workdir: str, state
       sums = _Sums(meta["epoch_sums"], meta["window_sums"])
       seconds, stopped = float(meta["epoch_seconds"]), bool(meta["stopped"])
       state = {**state, "opt_state": step_lib.wrap_opt_state(template, state["opt_state"], skipped)}
-    writer.truncate(int(meta["metrics_rows"]) if restored is not None else 0)
     step = (ckpt.latest_step() or 0) if restored is not None else 0
+    writer.resume(*((int(meta["metrics_rows"]), step) if restored is not None else (0, None)))
     rstate = program.to_device(state)
 
     def save(best: dict | None = None) -> None:

@@ -26,7 +26,8 @@ Naming scheme, the same in every program (``train.autoencoder``, ``train.wrn``, 
   best checkpoint, with ``test/valid_ppl`` and ``test/best_epoch`` of the same checkpoint).
 
 So an evaluation row is one with an ``eval/loss`` key; a run resumed after a crash rewrites no row
-twice (the checkpoint records how many rows the log had; see :meth:`MetricsWriter.truncate`).
+twice, in the JSONL or in TensorBoard (the checkpoint records how many rows the log had; see
+:meth:`MetricsWriter.resume`).
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ class MetricsWriter:
   ):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = os.path.join(os.fspath(workdir), filename)
+    self._tb_dir = os.path.join(os.fspath(workdir), "tensorboard") if tensorboard else None
     self._tb = None
+    self._purge_step: int | None = None
     self.rows = 0
     if not self.enabled:
       return
@@ -80,10 +83,18 @@ class MetricsWriter:
       with open(self.path) as f:
         self.rows = sum(1 for line in f if line.strip())
     os.makedirs(os.fspath(workdir), exist_ok=True)
-    if tensorboard:
+
+  def _tensorboard(self) -> Any:
+    """The TensorBoard writer, opened at the first write (after any :meth:`resume`)."""
+    if self._tb is None and self._tb_dir is not None:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(os.path.join(os.fspath(workdir), "tensorboard"))
+      # tensorboardX names its file by the second; the nanoseconds keep two writers of one
+      # second (a short run's writer and the one after it) from overwriting each other's file,
+      # and keep the files in the order TensorBoard must read them.
+      suffix = f".{time.time_ns()}"
+      self._tb = SummaryWriter(self._tb_dir, purge_step=self._purge_step, filename_suffix=suffix)
+    return self._tb
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     """Record ``scalars`` (name -> number or string) at ``step``.
@@ -100,19 +111,32 @@ class MetricsWriter:
       # NaN/inf are written as JSON strings so every line stays valid JSON.
       f.write(json.dumps({k: _json_safe(v) for k, v in row.items()}) + "\n")
     self.rows += 1
-    if self._tb is not None:
+    tb = self._tensorboard()
+    if tb is not None:
       for k, v in row.items():
         if k not in ("step", "time") and isinstance(v, (int, float)):
-          self._tb.add_scalar(k, v, int(step))
-      self._tb.flush()
+          tb.add_scalar(k, v, int(step))
+      tb.flush()
 
-  def truncate(self, rows: int) -> None:
-    """Keep only the first ``rows`` rows of ``metrics.jsonl`` (those a resumed checkpoint had seen).
+  def resume(self, rows: int, step: int | None) -> None:
+    """Continue the log where a checkpoint left it: the first ``rows`` rows, nothing after ``step``.
 
-    A run killed after writing rows that no checkpoint recorded replays those steps on restart;
-    cutting the log back to the checkpoint's count keeps every step and epoch in it once.
+    A run killed after writing rows that no checkpoint recorded replays those steps on restart.
+    Cutting ``metrics.jsonl`` back to the checkpoint's row count, and starting the TensorBoard
+    events with a purge at ``step + 1`` (TensorBoard then hides every earlier event at or after
+    that step), keeps every step and epoch in both logs once. Call it before the first write.
+
+    Args:
+      rows: rows the checkpoint's log had (0 for a fresh start).
+      step: the checkpoint's step (every row at or before it is kept), or None for a fresh start
+        (every earlier TensorBoard event in ``workdir`` is hidden).
     """
-    if not self.enabled or self.rows <= rows:
+    if not self.enabled:
+      return
+    if self._tb is not None:
+      raise RuntimeError("MetricsWriter.resume must come before the first write")
+    self._purge_step = 0 if step is None else int(step) + 1
+    if self.rows <= rows:
       return
     with open(self.path) as f:
       kept = [line for line in f if line.strip()][:rows]
