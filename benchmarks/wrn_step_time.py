@@ -36,6 +36,9 @@ VARIANTS = {
   "sparseout_q2.5": {"regularizer": "sparseout", "q": 2.5},
   "sparseout_q1.5": {"regularizer": "sparseout", "q": 1.5},
   "none": {"regularizer": "none"},
+  # The block's noise and second conv recomputed in the backward (``--config.remat_noise=True``).
+  "sparseout_q1.5_remat": {"regularizer": "sparseout", "q": 1.5, "remat_noise": True},
+  "dropout_remat": {"regularizer": "dropout", "remat_noise": True},
 }
 
 
@@ -109,7 +112,7 @@ def measure(args: argparse.Namespace, depth: int, width: int) -> dict:
     }
   if "dropout" in names:
     for n in names:
-      if n.startswith("sparseout") or n == "none":
+      if n != "dropout":
         per_round = [a / b for a, b in zip(samples[n], samples["dropout"], strict=True)]
         per_round_cpu = [a / b for a, b in zip(cpu[n], cpu["dropout"], strict=True)]
         out[f"ratio_{n}_over_dropout"] = {
