@@ -104,6 +104,7 @@ def test_tiny_study_end_to_end(tmp_path, shared_data, compile_cache):
   assert out["rate"] == min(search, key=search.get)
   ppl_table = open(out["paths"]["perplexity"]).read()
   sp_table = open(out["paths"]["sparsity"]).read()
+  tests, hoyer_o = {}, {}
   for name in ("none", "sparseout_q1.5"):
     best, test, epochs, sparsity = [], [], [], []
     for seed in (0, 1):
@@ -124,6 +125,7 @@ def test_tiny_study_end_to_end(tmp_path, shared_data, compile_cache):
     # Chunked training: each epoch trained and logged once, sparsity measured after each chunk.
     assert epochs == [[1, 2], [1, 2]]
     assert [[r["epoch"] for r in s] for s in sparsity] == [[1, 2], [1, 2]]
+    tests[name], hoyer_o[name] = test, [s[-1]["sites"]["o"]["hoyer"] for s in sparsity]
     cells = _cells(ppl_table, name)
     assert cells[1] == "2" and cells[2] == st.fmt(best, 1) and cells[3] == st.fmt(test, 1)
     for site in ("i", "h0", "o"):
@@ -132,6 +134,13 @@ def test_tiny_study_end_to_end(tmp_path, shared_data, compile_cache):
       zeros = [s[-1]["sites"][site]["zero_fraction"] for s in sparsity]
       assert cells[2] == st.fmt(hoyer, 3) and cells[3] == st.fmt(zeros, 3)
       assert re.fullmatch(r"0\.\d{3} ± 0\.\d{3}", cells[2])
+  # The paired table: sparseout minus the baseline (no noise here), seed by seed.
+  paired = open(out["paths"]["paired"]).read()
+  cells = _cells(paired, "sparseout_q1.5")
+  assert paired.startswith("| condition - none |") and cells[1] == "2"
+  assert cells[3] == st.fmt_paired(tests["sparseout_q1.5"], tests["none"], 1)
+  column = _cells(paired, "condition - none").index("Hoyer o")
+  assert cells[column] == st.fmt_paired(hoyer_o["sparseout_q1.5"], hoyer_o["none"], 3)
   # Running it again resumes: nothing retrains, the same numbers come back.
   again = study.run_study(config, str(tmp_path))
   assert again["tables"] == out["tables"]

@@ -90,6 +90,7 @@ def test_tiny_study_end_to_end(tmp_path):
   for kind in ("plot", "wrn", "json"):
     assert os.path.getsize(out["paths"][kind]) > 300, kind
   table = open(out["paths"]["wrn"]).read()
+  per_run = {}
   for name in ("none", "sparseout_q1.5"):
     errors, hoyer, zeros = [], [], []
     for seed in (0, 1):
@@ -105,3 +106,10 @@ def test_tiny_study_end_to_end(tmp_path):
     cells = _cells(table, name)
     assert cells[1] == "2" and cells[2] == st.fmt(errors, 2)
     assert cells[4] == st.fmt(zeros, 3) and cells[7] == st.fmt(hoyer, 3)
+    per_run[name] = (errors, hoyer)
+  # The paired table: sparseout minus the baseline (no noise here), seed by seed.
+  cells = _cells(open(out["paths"]["paired"]).read(), "sparseout_q1.5")
+  (err_q, hoyer_q), (err_none, hoyer_none) = per_run["sparseout_q1.5"], per_run["none"]
+  assert cells[1] == "2" and cells[2] == st.fmt_paired(err_q, err_none, 2)
+  assert cells[5] == st.fmt_paired(hoyer_q, hoyer_none, 3)
+  assert out["paired"] == open(out["paths"]["paired"]).read().strip()

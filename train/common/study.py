@@ -78,6 +78,86 @@ def fmt(values: Sequence[float], digits: int = 3) -> str:
   return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
+def paired_difference(
+  values: Sequence[float], baseline: Sequence[float], level: float = 0.95
+) -> tuple[float, float, float]:
+  r"""Mean difference from a baseline over paired seeds, with its Student-t confidence interval.
+
+  Seed s sets a run's initialisation, data order and noise keys, so the runs of two conditions
+  with the same seed share them; pairing removes that shared spread. With d_s = v_s - b_s over
+  n seeds and s_d their sample standard deviation:
+
+  .. math::
+    \bar d = \frac{1}{n} \sum_s d_s, \qquad
+    \bar d \pm t_{(1 + \text{level}) / 2,\, n - 1} \, s_d / \sqrt{n}.
+
+  Args:
+    values: one number per seed for the condition.
+    baseline: the baseline's number for the same seeds, in the same order.
+    level: the interval's coverage, in (0, 1).
+
+  Returns:
+    ``(mean, low, high)``; low = high = mean for one seed (no interval).
+
+  Raises:
+    ValueError: empty or unequal-length inputs, or a level outside (0, 1).
+
+  Example:
+    >>> tuple(round(v, 3) for v in paired_difference([3.0, 5.0, 4.0], [1.0, 2.0, 3.0]))
+    (2.0, -0.484, 4.484)
+  """
+  from scipy import stats  # a dependency of jax itself
+
+  d = np.asarray(values, np.float64) - np.asarray(baseline, np.float64)
+  if len(values) != len(baseline) or d.size == 0:
+    raise ValueError(
+      f"paired_difference needs one baseline value per value, got {len(values)} and {len(baseline)}"
+    )
+  if not 0.0 < level < 1.0:
+    raise ValueError(f"level must be in (0, 1), got {level}")
+  m = float(d.mean())
+  if d.size == 1:
+    return m, m, m
+  half = float(stats.t.ppf((1.0 + level) / 2.0, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
+  return m, m - half, m + half
+
+
+def fmt_paired(values: Sequence[float], baseline: Sequence[float], digits: int = 3) -> str:
+  """``"+m [lo, hi]"`` of :func:`paired_difference`, e.g. ``"+2.0 [-0.5, 4.5]"``; a ``*`` marks
+  an interval that excludes 0."""
+  m, lo, hi = paired_difference(values, baseline)
+  mark = "*" if lo > 0 or hi < 0 else ""
+  return f"{m:+.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]{mark}"
+
+
+def paired_table(
+  runs: Mapping[str, Sequence[Mapping[str, Any]]],
+  baseline: str,
+  columns: Mapping[str, tuple[Any, int]],
+) -> str | None:
+  """Markdown: each condition minus ``baseline``, seed by seed, as :func:`fmt_paired` per column.
+
+  Args:
+    runs: condition name -> its runs, in the study's seed order (the same seeds for every condition).
+    baseline: the condition the others are compared with.
+    columns: column heading -> (``value(run)``, decimals).
+
+  Returns:
+    The table, or None when ``baseline`` did not run or nothing else did.
+  """
+  if baseline not in runs or len(runs) < 2:
+    return None
+  rows = []
+  for name, rs in runs.items():
+    if name != baseline:
+      base = runs[baseline]
+      rows.append(
+        [name, len(rs)]
+        + [fmt_paired([f(r) for r in rs], [f(r) for r in base], d) for f, d in columns.values()]
+      )
+  return markdown_table([f"condition - {baseline}", "seeds", *columns], rows)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   """A GitHub markdown table: ``| a | b |`` lines under a ``|---|`` rule.
 

@@ -223,6 +223,19 @@ def perplexity_table(runs: dict[str, list[dict[str, Any]]]) -> str:
   return st.markdown_table(head, rows)
 
 
+def paired_table(runs: dict[str, list[dict[str, Any]]], baseline: str) -> str | None:
+  """Markdown: each condition minus ``baseline`` seed by seed (mean [95 % t interval]): best
+  validation and test perplexity, and the last measurement's Hoyer at every site."""
+  sites = list(next(iter(runs.values()))[0]["sparsity"][-1]["sites"])
+  columns = {
+    "best valid ppl": (lambda r: r["best_valid_ppl"], 1),
+    "test ppl": (lambda r: r["test_ppl"], 1),
+  }
+  for site in sites:
+    columns[f"Hoyer {site}"] = (lambda r, s=site: r["sparsity"][-1]["sites"][s]["hoyer"], 3)
+  return st.paired_table(runs, baseline, columns)
+
+
 def sparsity_table(runs: dict[str, list[dict[str, Any]]]) -> str:
   """Markdown: per condition and site, the last measurement's statistics (mean ± std over seeds)."""
   rows = []
@@ -294,6 +307,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     f"seeds {tuple(study.seeds)}"
   )
   tables = {"perplexity": perplexity_table(runs), "sparsity": sparsity_table(runs)}
+  paired = paired_table(runs, study.baseline)
+  if paired is not None:
+    tables["paired"] = paired
   out = {"rate": rate, "search": search, "runs": runs, "title": title}
   paths = write_plots(runs, workdir, title)
   paths |= st.write_texts_and_record(workdir, tables, dict(out, config=config.to_dict()))

@@ -142,6 +142,16 @@ def results_table(runs: dict[str, list[dict[str, Any]]]) -> str:
   return st.markdown_table(head, rows)
 
 
+def paired_table(runs: dict[str, list[dict[str, Any]]], baseline: str) -> str | None:
+  """Markdown: each condition minus ``baseline`` seed by seed (mean [95 % t interval]): final test
+  error and every block's Hoyer measure."""
+  blocks = list(next(iter(runs.values()))[0]["sparsity"])
+  columns = {"test error %": (lambda r: r["test_error"][-1], 2)}
+  for b in blocks:
+    columns[f"{b} Hoyer"] = (lambda r, b=b: r["sparsity"][b]["hoyer"], 3)
+  return st.paired_table(runs, baseline, columns)
+
+
 def _against_q(runs: dict[str, list[dict[str, Any]]], value) -> dict[str, tuple[list, list]]:
   """Series of ``value(run)`` against q: mean, min and max over seeds (dropout is q = 2), and the
   no-noise mean as a flat line."""
@@ -209,10 +219,14 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     f"seeds {tuple(study.seeds)}"
   )
   table = results_table(runs)
+  texts = {"wrn": table}
+  paired = paired_table(runs, study.baseline)
+  if paired is not None:
+    texts["paired"] = paired
   paths = {"plot": write_plot(runs, workdir, title)}
   record = {"title": title, "runs": runs, "config": config.to_dict()}
-  paths |= st.write_texts_and_record(workdir, {"wrn": table}, record)
-  return {"runs": runs, "table": table, "title": title, "paths": paths}
+  paths |= st.write_texts_and_record(workdir, texts, record)
+  return {"runs": runs, "table": table, "paired": paired, "title": title, "paths": paths}
 
 
 def main(argv: list[str]) -> None:
@@ -222,6 +236,8 @@ def main(argv: list[str]) -> None:
   st.use_compile_cache(flags.FLAGS.workdir)
   out = run_study(flags.FLAGS.config, flags.FLAGS.workdir)
   print(out["title"] + "\n\n" + out["table"] + "\n")
+  if out["paired"] is not None:
+    print(out["paired"] + "\n")
   for kind, path in out["paths"].items():
     print(f"{kind}: {path}")
 

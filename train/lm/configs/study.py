@@ -32,6 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Conditions: "none" (no noise), "dropout" (Flax Dropout, q = 2), "q=<float>" (sparseout).
   c.study.conditions = "none,dropout,q=1,q=1.5,q=2.5,q=3"
   c.study.seeds = (1, 2, 3)
+  # Paired table: every other condition minus this one, seed by seed (absent if it did not run).
+  c.study.baseline = "dropout"
   c.study.search_rates = (0.25, 0.5)  # dropout rates tried once (seed search_seed)
   c.study.search_seed = 0
   c.study.sparsity_every = 2  # epochs between two sparsity measurements

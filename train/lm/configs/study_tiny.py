@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_epochs = 2
   c.study.conditions = "none,q=1.5"
   c.study.seeds = (0, 1)
+  c.study.baseline = "none"
   c.study.search_rates = (0.3, 0.6)
   c.study.sparsity_every = 1
   return c

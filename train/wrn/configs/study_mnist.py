@@ -27,6 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Conditions: "none" (no noise), "dropout" (Flax Dropout, q = 2), "q=<float>" (sparseout).
   c.study.conditions = "none,dropout,q=1,q=1.5,q=2.5,q=3"
   c.study.seeds = (1, 2, 3)
+  # Paired table: every other condition minus this one, seed by seed (absent if it did not run).
+  c.study.baseline = "dropout"
   c.study.train_size = 3000  # the first N of the 8,000 training digits
   c.study.test_size = 1000  # the last N of the 2,000 test digits
   return c

@@ -12,5 +12,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_epochs = 1
   c.study.conditions = "none,q=1.5"
   c.study.seeds = (0, 1)
+  c.study.baseline = "none"
   c.study.train_size, c.study.test_size = 64, 32
   return c

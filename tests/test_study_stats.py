@@ -1,0 +1,55 @@
+"""The seed studies' paired statistics (train/common/study.py): the t interval's arithmetic, its
+coverage, and its refusals."""
+
+import numpy as np
+import pytest
+
+from train.common import study as st
+
+
+def test_paired_difference_is_the_mean_difference_with_the_t_interval():
+  # d = (2, 3, 1): mean 2, s_d = 1, t(0.975, 2) = 4.302653, half width 4.302653 / sqrt(3).
+  m, lo, hi = st.paired_difference([3.0, 5.0, 4.0], [1.0, 2.0, 3.0])
+  assert m == 2.0
+  np.testing.assert_allclose([lo, hi], [2 - 4.302653 / 3**0.5, 2 + 4.302653 / 3**0.5], rtol=1e-6)
+  # A wider level widens it; one seed gives no interval.
+  m90, lo90, hi90 = st.paired_difference([3.0, 5.0, 4.0], [1.0, 2.0, 3.0], level=0.9)
+  assert m90 == 2.0 and lo < lo90 < m90 < hi90 < hi
+  assert st.paired_difference([5.0], [1.0]) == (4.0, 4.0, 4.0)
+
+
+def test_paired_interval_covers_the_true_difference_95_percent_of_the_time():
+  """Seeds share a large offset (the pairing removes it); 4,000 simulated 5-seed studies."""
+  rng = np.random.default_rng(0)
+  covered = 0
+  trials = 4000
+  for _ in range(trials):
+    shared = rng.normal(0.0, 10.0, 5)  # seed-to-seed spread common to both conditions
+    base = shared + rng.normal(0.0, 1.0, 5)
+    cond = shared + 0.7 + rng.normal(0.0, 1.0, 5)
+    _, lo, hi = st.paired_difference(cond, base)
+    covered += lo <= 0.7 <= hi
+  # Binomial(4000, 0.95) has standard deviation 0.0034: 0.94-0.96 is about 3 of them.
+  assert 0.94 <= covered / trials <= 0.96
+
+
+def test_fmt_paired_marks_an_interval_that_excludes_zero():
+  assert st.fmt_paired([3.0, 5.0, 4.0], [1.0, 2.0, 3.0], 1) == "+2.0 [-0.5, 4.5]"
+  assert st.fmt_paired([3.0, 4.1, 5.0], [1.0, 2.0, 3.0], 1) == "+2.0 [1.9, 2.2]*"
+
+
+def test_paired_table_compares_every_condition_with_the_baseline_only_when_it_ran():
+  runs = {"dropout": [{"v": 1.0}, {"v": 2.0}], "q": [{"v": 2.0}, {"v": 4.0}]}
+  table = st.paired_table(runs, "dropout", {"v": (lambda r: r["v"], 2)})
+  assert table.splitlines()[0] == "| condition - dropout | seeds | v |"
+  assert table.splitlines()[2] == f"| q | 2 | {st.fmt_paired([2.0, 4.0], [1.0, 2.0], 2)} |"
+  assert st.paired_table({"q": runs["q"]}, "dropout", {"v": (lambda r: r["v"], 2)}) is None
+
+
+def test_paired_difference_refuses_unpaired_or_empty_input_and_a_bad_level():
+  with pytest.raises(ValueError, match="one baseline value per value"):
+    st.paired_difference([1.0, 2.0], [1.0])
+  with pytest.raises(ValueError, match="one baseline value per value"):
+    st.paired_difference([], [])
+  with pytest.raises(ValueError, match="level must be in"):
+    st.paired_difference([1.0], [1.0], level=1.0)
