@@ -19,7 +19,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from train.common import distributed
+from train.common import distributed, study
 
 flags.DEFINE_string("workdir", "runs/figure1", "Output folder of the sweep.")
 config_flags.DEFINE_config_file(
@@ -187,6 +187,7 @@ def run_sweep(base: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       run_config(base, reg, q), os.path.join(workdir, name), datasets=datasets
     )
     results[name] = {"regularizer": reg, "q": q, "history": out["history"]}
+    study.release_compiled()
   paths = write_outputs(workdir, base, results)
   held, _ = verdict(results)
   return {"results": results, "paths": paths, "ordering_held": held, "table": format_table(results)}

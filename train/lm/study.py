@@ -163,6 +163,7 @@ def train_with_sparsity(cfg: ml_collections.ConfigDict, workdir: str, every: int
     graphdef, params = latest_params(chunk, workdir, len(data.vocab))
     sites = measure_sparsity(graphdef, params, data.valid, cfg.eval_batch_size, cfg.bptt)
     st.append_jsonl(path, {"epoch": end, "sites": sites})
+    st.release_compiled()  # each chunk compiles its own programs
 
 
 def _value(row: dict[str, Any], name: str, earlier: str) -> Any:
