@@ -94,7 +94,7 @@ def test_tiny_study_end_to_end(tmp_path, shared_data, compile_cache):
   config = study_tiny.get_config()
   config.data_dir = str(shared_data / "ptb")
   out = study.run_study(config, str(tmp_path))
-  for kind in ("perplexity_plot", "sparsity_plot", "perplexity", "sparsity", "json"):
+  for kind in ("perplexity_plot", "sparsity_plot", "perplexity", "sparsity", "json", "paired_plot"):
     assert os.path.getsize(out["paths"][kind]) > 300, kind
   # The search kept the rate with the best validation perplexity, read from its metrics file.
   search = {}

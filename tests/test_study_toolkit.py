@@ -5,9 +5,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import matplotlib.image
 import numpy as np
 import pytest
 
+from train.common import plots
 from train.common import study as st
 
 
@@ -48,6 +50,41 @@ def test_paired_table_compares_every_condition_with_the_baseline_only_when_it_ra
   assert table.splitlines()[0] == "| condition - dropout | seeds | v |"
   assert table.splitlines()[2] == f"| q | 2 | {st.fmt_paired([2.0, 4.0], [1.0, 2.0], 2)} |"
   assert st.paired_table({"q": runs["q"]}, "dropout", {"v": (lambda r: r["v"], 2)}) is None
+
+
+def test_paired_plot_draws_the_tables_intervals(tmp_path, monkeypatch):
+  runs = {
+    "dropout": [{"v": 1.0, "w": 0.0}, {"v": 2.0, "w": 1.0}, {"v": 2.5, "w": 0.5}],
+    "q=1.5": [{"v": 2.0, "w": 0.1}, {"v": 4.0, "w": 0.9}, {"v": 3.0, "w": 0.6}],
+    "q=3": [{"v": 0.0, "w": 0.3}, {"v": 1.0, "w": 1.2}, {"v": 2.0, "w": 0.4}],
+  }
+  columns = {"v": (lambda r: r["v"], 2), "w": (lambda r: r["w"], 2)}
+  drawn = []
+
+  def save(panels, path, **kw):
+    drawn.extend(panels)
+    return str(path)
+
+  monkeypatch.setattr(plots, "save_interval_panels", save)
+  path = str(tmp_path / "p.png")
+  assert st.paired_plot(runs, "dropout", columns, path, "t") == path
+  assert [p.title for p in drawn] == ["v", "w"]
+  for panel, (f, _) in zip(drawn, columns.values(), strict=True):
+    for name in ("q=1.5", "q=3"):
+      want = st.paired_difference([f(r) for r in runs[name]], [f(r) for r in runs["dropout"]])
+      assert panel.intervals[name] == want
+  assert st.paired_plot({"q=3": runs["q=3"]}, "dropout", columns, path, "t") is None
+
+
+def test_interval_panels_write_a_png(tmp_path):
+  path = plots.save_interval_panels(
+    [plots.IntervalPanel({"a": (1.0, 0.5, 1.5), "b": (-0.2, -0.4, 0.1)}, "diff", "v")],
+    tmp_path / "x.png",
+    suptitle="title",
+  )
+  image = matplotlib.image.imread(path)
+  colours = np.unique(image.reshape(-1, image.shape[-1]), axis=0)
+  assert image.shape[0] > 100 and image.shape[1] > 100 and len(colours) > 10  # drawn, not blank
 
 
 def test_paired_difference_refuses_unpaired_or_empty_input_and_a_bad_level():

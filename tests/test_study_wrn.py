@@ -87,7 +87,7 @@ def _cells(table: str, first: str) -> list[str]:
 @pytest.mark.slow
 def test_tiny_study_end_to_end(tmp_path):
   out = study.run_study(study_tiny.get_config(), str(tmp_path))
-  for kind in ("plot", "wrn", "json"):
+  for kind in ("plot", "wrn", "json", "paired_plot"):
     assert os.path.getsize(out["paths"][kind]) > 300, kind
   table = open(out["paths"]["wrn"]).read()
   per_run = {}

@@ -1,4 +1,4 @@
-"""Line plots saved to PNG with matplotlib's Agg backend (no display needed)."""
+"""Line and interval plots saved to PNG with matplotlib's Agg backend (no display needed)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -31,6 +32,76 @@ class Panel:
   logy: bool = False
 
 
+@dataclasses.dataclass
+class IntervalPanel:
+  """One subplot of estimates with intervals: a point and an error bar per label, a line at 0.
+
+  Attributes:
+    intervals: label -> (estimate, low, high); drawn left to right in insertion order.
+    ylabel: y-axis label.
+    title: optional subplot title.
+  """
+
+  intervals: Mapping[str, tuple[float, float, float]]
+  ylabel: str = ""
+  title: str | None = None
+
+
+def _grid(n: int, ncols: int | None) -> tuple:
+  """A figure of ``n`` subplots, ``ncols`` per row (default all in one row), and its axes."""
+  ncols = ncols or n
+  nrows = -(-n // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.2 * nrows), squeeze=False)
+  for ax in axes.ravel()[n:]:
+    ax.axis("off")
+  return fig, axes.ravel()[:n]
+
+
+def _save(fig, path: str | os.PathLike, suptitle: str | None) -> str:
+  """Title, lay out, write the PNG (parent folders created), close; the absolute path."""
+  if suptitle:
+    fig.suptitle(suptitle)
+  fig.tight_layout()
+  path = os.path.abspath(os.fspath(path))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def save_interval_panels(
+  panels: Sequence[IntervalPanel],
+  path: str | os.PathLike,
+  *,
+  suptitle: str | None = None,
+  ncols: int | None = None,
+) -> str:
+  """Draw ``panels`` of estimates with error bars (``ncols`` per row) and save a PNG.
+
+  Args:
+    panels: the subplots.
+    path: output file (parent folders are created).
+    suptitle: optional figure title.
+    ncols: panels per row (default: all in one row).
+
+  Returns:
+    The absolute path written.
+  """
+  fig, axes = _grid(len(panels), ncols)
+  for ax, panel in zip(axes, panels, strict=True):
+    labels = list(panel.intervals)
+    est, low, high = (np.array([panel.intervals[k][i] for k in labels]) for i in range(3))
+    x = np.arange(len(labels))
+    ax.errorbar(x, est, yerr=[est - low, high - est], fmt="o", capsize=4)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(panel.ylabel)
+    if panel.title:
+      ax.set_title(panel.title)
+    ax.grid(alpha=0.3, axis="y")
+  return _save(fig, path, suptitle)
+
+
 def save_panels(
   panels: Sequence[Panel],
   path: str | os.PathLike,
@@ -49,10 +120,8 @@ def save_panels(
   Returns:
     The absolute path written.
   """
-  ncols = ncols or len(panels)
-  nrows = -(-len(panels) // ncols)
-  fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.2 * nrows), squeeze=False)
-  for ax, panel in zip(axes.ravel(), panels, strict=False):
+  fig, axes = _grid(len(panels), ncols)
+  for ax, panel in zip(axes, panels, strict=True):
     for label, (x, y) in panel.series.items():
       ax.plot(
         list(x), list(y), marker="o" if len(list(x)) < 30 else None, markersize=3, label=label
@@ -65,16 +134,7 @@ def save_panels(
       ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  for ax in axes.ravel()[len(panels) :]:
-    ax.axis("off")
-  if suptitle:
-    fig.suptitle(suptitle)
-  fig.tight_layout()
-  path = os.path.abspath(os.fspath(path))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path, suptitle)
 
 
 def line_plot(

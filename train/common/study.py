@@ -142,40 +142,89 @@ def paired_difference(
   return m, m - half, m + half
 
 
-def fmt_paired(values: Sequence[float], baseline: Sequence[float], digits: int = 3) -> str:
-  """``"+m [lo, hi]"`` of :func:`paired_difference`, e.g. ``"+2.0 [-0.5, 4.5]"``; a ``*`` marks
-  an interval that excludes 0."""
-  m, lo, hi = paired_difference(values, baseline)
+def _fmt_interval(m: float, lo: float, hi: float, digits: int) -> str:
   mark = "*" if lo > 0 or hi < 0 else ""
   return f"{m:+.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]{mark}"
 
 
-def paired_table(
-  runs: Mapping[str, Sequence[Mapping[str, Any]]],
-  baseline: str,
-  columns: Mapping[str, tuple[Any, int]],
-) -> str | None:
-  """Markdown: each condition minus ``baseline``, seed by seed, as :func:`fmt_paired` per column.
+def fmt_paired(values: Sequence[float], baseline: Sequence[float], digits: int = 3) -> str:
+  """``"+m [lo, hi]"`` of :func:`paired_difference`, e.g. ``"+2.0 [-0.5, 4.5]"``; a ``*`` marks
+  an interval that excludes 0."""
+  return _fmt_interval(*paired_difference(values, baseline), digits)
+
+
+Columns = Mapping[str, tuple[Any, int]]  # heading -> (value(run), decimals)
+
+
+def paired_intervals(
+  runs: Mapping[str, Sequence[Mapping[str, Any]]], baseline: str, columns: Columns
+) -> dict[str, dict[str, tuple[float, float, float]]] | None:
+  """Every condition minus ``baseline``, seed by seed, per column (:func:`paired_difference`).
 
   Args:
     runs: condition name -> its runs, in the study's seed order (the same seeds for every condition).
     baseline: the condition the others are compared with.
-    columns: column heading -> (``value(run)``, decimals).
+    columns: heading -> (``value(run)``, decimals).
+
+  Returns:
+    ``{heading: {condition: (mean, low, high)}}``, or None when ``baseline`` did not run or
+    nothing else did.
+  """
+  if baseline not in runs or len(runs) < 2:
+    return None
+  base = runs[baseline]
+  return {
+    head: {
+      name: paired_difference([f(r) for r in rs], [f(r) for r in base])
+      for name, rs in runs.items()
+      if name != baseline
+    }
+    for head, (f, _) in columns.items()
+  }
+
+
+def paired_table(
+  runs: Mapping[str, Sequence[Mapping[str, Any]]], baseline: str, columns: Columns
+) -> str | None:
+  """Markdown: each condition minus ``baseline``, seed by seed, as :func:`fmt_paired` per column.
+
+  Args: as :func:`paired_intervals`.
 
   Returns:
     The table, or None when ``baseline`` did not run or nothing else did.
   """
-  if baseline not in runs or len(runs) < 2:
+  intervals = paired_intervals(runs, baseline, columns)
+  if intervals is None:
     return None
-  rows = []
-  for name, rs in runs.items():
-    if name != baseline:
-      base = runs[baseline]
-      rows.append(
-        [name, len(rs)]
-        + [fmt_paired([f(r) for r in rs], [f(r) for r in base], d) for f, d in columns.values()]
-      )
+  rows = [
+    [name, len(rs)] + [_fmt_interval(*intervals[h][name], d) for h, (_, d) in columns.items()]
+    for name, rs in runs.items()
+    if name != baseline
+  ]
   return markdown_table([f"condition - {baseline}", "seeds", *columns], rows)
+
+
+def paired_plot(
+  runs: Mapping[str, Sequence[Mapping[str, Any]]],
+  baseline: str,
+  columns: Columns,
+  path: str,
+  title: str,
+) -> str | None:
+  """``path`` (PNG): one panel per column, each condition's difference from ``baseline`` with its
+  95 % interval, and a line at 0. Args as :func:`paired_intervals`; None when there is no table."""
+  from train.common import plots
+
+  intervals = paired_intervals(runs, baseline, columns)
+  if intervals is None:
+    return None
+  panels = [
+    plots.IntervalPanel(by_name, f"minus {baseline} (same seed)", head)
+    for head, by_name in intervals.items()
+  ]
+  return plots.save_interval_panels(
+    panels, path, suptitle=f"{title}\nmean paired difference, 95 % t interval", ncols=3
+  )
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

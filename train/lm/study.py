@@ -224,9 +224,9 @@ def perplexity_table(runs: dict[str, list[dict[str, Any]]]) -> str:
   return st.markdown_table(head, rows)
 
 
-def paired_table(runs: dict[str, list[dict[str, Any]]], baseline: str) -> str | None:
-  """Markdown: each condition minus ``baseline`` seed by seed (mean [95 % t interval]): best
-  validation and test perplexity, and the last measurement's Hoyer at every site."""
+def paired_columns(runs: dict[str, list[dict[str, Any]]]) -> st.Columns:
+  """What the paired table and plot compare: best validation and test perplexity, and the last
+  measurement's Hoyer at every site."""
   sites = list(next(iter(runs.values()))[0]["sparsity"][-1]["sites"])
   columns = {
     "best valid ppl": (lambda r: r["best_valid_ppl"], 1),
@@ -234,7 +234,7 @@ def paired_table(runs: dict[str, list[dict[str, Any]]], baseline: str) -> str | 
   }
   for site in sites:
     columns[f"Hoyer {site}"] = (lambda r, s=site: r["sparsity"][-1]["sites"][s]["hoyer"], 3)
-  return st.paired_table(runs, baseline, columns)
+  return columns
 
 
 def sparsity_table(runs: dict[str, list[dict[str, Any]]]) -> str:
@@ -308,11 +308,15 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     f"seeds {tuple(study.seeds)}"
   )
   tables = {"perplexity": perplexity_table(runs), "sparsity": sparsity_table(runs)}
-  paired = paired_table(runs, study.baseline)
+  columns = paired_columns(runs)
+  paired = st.paired_table(runs, study.baseline, columns)
   if paired is not None:
     tables["paired"] = paired
   out = {"rate": rate, "search": search, "runs": runs, "title": title}
   paths = write_plots(runs, workdir, title)
+  if paired is not None:
+    paired_png = os.path.join(workdir, "paired.png")
+    paths["paired_plot"] = st.paired_plot(runs, study.baseline, columns, paired_png, title)
   paths |= st.write_texts_and_record(workdir, tables, dict(out, config=config.to_dict()))
   return dict(out, tables=tables, paths=paths)
 

@@ -142,14 +142,13 @@ def results_table(runs: dict[str, list[dict[str, Any]]]) -> str:
   return st.markdown_table(head, rows)
 
 
-def paired_table(runs: dict[str, list[dict[str, Any]]], baseline: str) -> str | None:
-  """Markdown: each condition minus ``baseline`` seed by seed (mean [95 % t interval]): final test
-  error and every block's Hoyer measure."""
+def paired_columns(runs: dict[str, list[dict[str, Any]]]) -> st.Columns:
+  """What the paired table and plot compare: final test error and every block's Hoyer measure."""
   blocks = list(next(iter(runs.values()))[0]["sparsity"])
   columns = {"test error %": (lambda r: r["test_error"][-1], 2)}
   for b in blocks:
     columns[f"{b} Hoyer"] = (lambda r, b=b: r["sparsity"][b]["hoyer"], 3)
-  return st.paired_table(runs, baseline, columns)
+  return columns
 
 
 def _against_q(runs: dict[str, list[dict[str, Any]]], value) -> dict[str, tuple[list, list]]:
@@ -220,10 +219,13 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   )
   table = results_table(runs)
   texts = {"wrn": table}
-  paired = paired_table(runs, study.baseline)
+  columns = paired_columns(runs)
+  paired = st.paired_table(runs, study.baseline, columns)
+  paths = {"plot": write_plot(runs, workdir, title)}
   if paired is not None:
     texts["paired"] = paired
-  paths = {"plot": write_plot(runs, workdir, title)}
+    paired_png = os.path.join(workdir, "paired.png")
+    paths["paired_plot"] = st.paired_plot(runs, study.baseline, columns, paired_png, title)
   record = {"title": title, "runs": runs, "config": config.to_dict()}
   paths |= st.write_texts_and_record(workdir, texts, record)
   return {"runs": runs, "table": table, "paired": paired, "title": title, "paths": paths}
