@@ -44,12 +44,15 @@ def test_fmt_paired_marks_an_interval_that_excludes_zero():
   assert st.fmt_paired([3.0, 4.1, 5.0], [1.0, 2.0, 3.0], 1) == "+2.0 [1.9, 2.2]*"
 
 
-def test_paired_table_compares_every_condition_with_the_baseline_only_when_it_ran():
+def test_paired_table_compares_every_condition_with_the_baseline_only_when_it_ran(tmp_path):
   runs = {"dropout": [{"v": 1.0}, {"v": 2.0}], "q": [{"v": 2.0}, {"v": 4.0}]}
-  table = st.paired_table(runs, "dropout", {"v": (lambda r: r["v"], 2)})
+  columns = {"v": (lambda r: r["v"], 2)}
+  table, _ = st.paired_outputs(runs, "dropout", columns, str(tmp_path / "p.png"), "t")
   assert table.splitlines()[0] == "| condition - dropout | seeds | v |"
   assert table.splitlines()[2] == f"| q | 2 | {st.fmt_paired([2.0, 4.0], [1.0, 2.0], 2)} |"
-  assert st.paired_table({"q": runs["q"]}, "dropout", {"v": (lambda r: r["v"], 2)}) is None
+  assert (
+    st.paired_outputs({"q": runs["q"]}, "dropout", columns, str(tmp_path / "n.png"), "t") is None
+  )
 
 
 def test_paired_plot_draws_the_tables_intervals(tmp_path, monkeypatch):
@@ -65,19 +68,19 @@ def test_paired_plot_draws_the_tables_intervals(tmp_path, monkeypatch):
     drawn.extend(panels)
     return str(path)
 
-  monkeypatch.setattr(plots, "save_interval_panels", save)
+  monkeypatch.setattr(plots, "save_panels", save)
   path = str(tmp_path / "p.png")
-  assert st.paired_plot(runs, "dropout", columns, path, "t") == path
+  assert st.paired_outputs(runs, "dropout", columns, path, "t")[1] == path
   assert [p.title for p in drawn] == ["v", "w"]
   for panel, (f, _) in zip(drawn, columns.values(), strict=True):
     for name in ("q=1.5", "q=3"):
       want = st.paired_difference([f(r) for r in runs[name]], [f(r) for r in runs["dropout"]])
       assert panel.intervals[name] == want
-  assert st.paired_plot({"q=3": runs["q=3"]}, "dropout", columns, path, "t") is None
+  assert st.paired_outputs({"q=3": runs["q=3"]}, "dropout", columns, path, "t") is None
 
 
 def test_interval_panels_write_a_png(tmp_path):
-  path = plots.save_interval_panels(
+  path = plots.save_panels(
     [plots.IntervalPanel({"a": (1.0, 0.5, 1.5), "b": (-0.2, -0.4, 0.1)}, "diff", "v")],
     tmp_path / "x.png",
     suptitle="title",

@@ -31,6 +31,21 @@ class Panel:
   title: str | None = None
   logy: bool = False
 
+  def draw(self, ax) -> None:
+    """One line per series, markers where there are few points, and a legend."""
+    for label, (x, y) in self.series.items():
+      ax.plot(
+        list(x), list(y), marker="o" if len(list(x)) < 30 else None, markersize=3, label=label
+      )
+    ax.set_xlabel(self.xlabel)
+    ax.set_ylabel(self.ylabel)
+    if self.title:
+      ax.set_title(self.title)
+    if self.logy:
+      ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
 
 @dataclasses.dataclass
 class IntervalPanel:
@@ -46,64 +61,22 @@ class IntervalPanel:
   ylabel: str = ""
   title: str | None = None
 
-
-def _grid(n: int, ncols: int | None) -> tuple:
-  """A figure of ``n`` subplots, ``ncols`` per row (default all in one row), and its axes."""
-  ncols = ncols or n
-  nrows = -(-n // ncols)
-  fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.2 * nrows), squeeze=False)
-  for ax in axes.ravel()[n:]:
-    ax.axis("off")
-  return fig, axes.ravel()[:n]
-
-
-def _save(fig, path: str | os.PathLike, suptitle: str | None) -> str:
-  """Title, lay out, write the PNG (parent folders created), close; the absolute path."""
-  if suptitle:
-    fig.suptitle(suptitle)
-  fig.tight_layout()
-  path = os.path.abspath(os.fspath(path))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
-
-
-def save_interval_panels(
-  panels: Sequence[IntervalPanel],
-  path: str | os.PathLike,
-  *,
-  suptitle: str | None = None,
-  ncols: int | None = None,
-) -> str:
-  """Draw ``panels`` of estimates with error bars (``ncols`` per row) and save a PNG.
-
-  Args:
-    panels: the subplots.
-    path: output file (parent folders are created).
-    suptitle: optional figure title.
-    ncols: panels per row (default: all in one row).
-
-  Returns:
-    The absolute path written.
-  """
-  fig, axes = _grid(len(panels), ncols)
-  for ax, panel in zip(axes, panels, strict=True):
-    labels = list(panel.intervals)
-    est, low, high = (np.array([panel.intervals[k][i] for k in labels]) for i in range(3))
+  def draw(self, ax) -> None:
+    """A point and an error bar per label, left to right, and a line at 0."""
+    labels = list(self.intervals)
+    est, low, high = (np.array([self.intervals[k][i] for k in labels]) for i in range(3))
     x = np.arange(len(labels))
     ax.errorbar(x, est, yerr=[est - low, high - est], fmt="o", capsize=4)
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel(panel.ylabel)
-    if panel.title:
-      ax.set_title(panel.title)
+    ax.set_ylabel(self.ylabel)
+    if self.title:
+      ax.set_title(self.title)
     ax.grid(alpha=0.3, axis="y")
-  return _save(fig, path, suptitle)
 
 
 def save_panels(
-  panels: Sequence[Panel],
+  panels: Sequence[Panel | IntervalPanel],
   path: str | os.PathLike,
   *,
   suptitle: str | None = None,
@@ -112,7 +85,7 @@ def save_panels(
   """Draw ``panels`` side by side (``ncols`` per row) and save a PNG.
 
   Args:
-    panels: the subplots.
+    panels: the subplots, each drawing itself (lines or intervals).
     path: output file (parent folders are created).
     suptitle: optional figure title.
     ncols: panels per row (default: all in one row).
@@ -120,21 +93,21 @@ def save_panels(
   Returns:
     The absolute path written.
   """
-  fig, axes = _grid(len(panels), ncols)
-  for ax, panel in zip(axes, panels, strict=True):
-    for label, (x, y) in panel.series.items():
-      ax.plot(
-        list(x), list(y), marker="o" if len(list(x)) < 30 else None, markersize=3, label=label
-      )
-    ax.set_xlabel(panel.xlabel)
-    ax.set_ylabel(panel.ylabel)
-    if panel.title:
-      ax.set_title(panel.title)
-    if panel.logy:
-      ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  return _save(fig, path, suptitle)
+  ncols = ncols or len(panels)
+  nrows = -(-len(panels) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4.2 * nrows), squeeze=False)
+  for ax, panel in zip(axes.ravel(), panels, strict=False):
+    panel.draw(ax)
+  for ax in axes.ravel()[len(panels) :]:
+    ax.axis("off")
+  if suptitle:
+    fig.suptitle(suptitle)
+  fig.tight_layout()
+  path = os.path.abspath(os.fspath(path))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
 
 
 def line_plot(

@@ -183,16 +183,26 @@ def paired_intervals(
   }
 
 
-def paired_table(
-  runs: Mapping[str, Sequence[Mapping[str, Any]]], baseline: str, columns: Columns
-) -> str | None:
-  """Markdown: each condition minus ``baseline``, seed by seed, as :func:`fmt_paired` per column.
+def paired_outputs(
+  runs: Mapping[str, Sequence[Mapping[str, Any]]],
+  baseline: str,
+  columns: Columns,
+  png_path: str,
+  title: str,
+) -> tuple[str, str] | None:
+  """The paired table and plot: each condition minus ``baseline``, seed by seed, per column.
 
-  Args: as :func:`paired_intervals`.
+  The table shows :func:`fmt_paired` per column; the plot (``png_path``) one panel per column,
+  each condition's mean difference with its 95 % interval as an error bar, and a line at 0.
+
+  Args: as :func:`paired_intervals`, and the PNG's path and title.
 
   Returns:
-    The table, or None when ``baseline`` did not run or nothing else did.
+    ``(markdown table, absolute PNG path)``, or None when ``baseline`` did not run or nothing
+    else did.
   """
+  from train.common import plots
+
   intervals = paired_intervals(runs, baseline, columns)
   if intervals is None:
     return None
@@ -201,30 +211,13 @@ def paired_table(
     for name, rs in runs.items()
     if name != baseline
   ]
-  return markdown_table([f"condition - {baseline}", "seeds", *columns], rows)
-
-
-def paired_plot(
-  runs: Mapping[str, Sequence[Mapping[str, Any]]],
-  baseline: str,
-  columns: Columns,
-  path: str,
-  title: str,
-) -> str | None:
-  """``path`` (PNG): one panel per column, each condition's difference from ``baseline`` with its
-  95 % interval, and a line at 0. Args as :func:`paired_intervals`; None when there is no table."""
-  from train.common import plots
-
-  intervals = paired_intervals(runs, baseline, columns)
-  if intervals is None:
-    return None
+  table = markdown_table([f"condition - {baseline}", "seeds", *columns], rows)
   panels = [
     plots.IntervalPanel(by_name, f"minus {baseline} (same seed)", head)
     for head, by_name in intervals.items()
   ]
-  return plots.save_interval_panels(
-    panels, path, suptitle=f"{title}\nmean paired difference, 95 % t interval", ncols=3
-  )
+  suptitle = f"{title}\nmean paired difference, 95 % t interval"
+  return table, plots.save_panels(panels, png_path, suptitle=suptitle, ncols=3)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

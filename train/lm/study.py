@@ -308,15 +308,12 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
     f"seeds {tuple(study.seeds)}"
   )
   tables = {"perplexity": perplexity_table(runs), "sparsity": sparsity_table(runs)}
-  columns = paired_columns(runs)
-  paired = st.paired_table(runs, study.baseline, columns)
-  if paired is not None:
-    tables["paired"] = paired
   out = {"rate": rate, "search": search, "runs": runs, "title": title}
   paths = write_plots(runs, workdir, title)
+  paired_png = os.path.join(workdir, "paired.png")
+  paired = st.paired_outputs(runs, study.baseline, paired_columns(runs), paired_png, title)
   if paired is not None:
-    paired_png = os.path.join(workdir, "paired.png")
-    paths["paired_plot"] = st.paired_plot(runs, study.baseline, columns, paired_png, title)
+    tables["paired"], paths["paired_plot"] = paired
   paths |= st.write_texts_and_record(workdir, tables, dict(out, config=config.to_dict()))
   return dict(out, tables=tables, paths=paths)
 

@@ -219,16 +219,20 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   )
   table = results_table(runs)
   texts = {"wrn": table}
-  columns = paired_columns(runs)
-  paired = st.paired_table(runs, study.baseline, columns)
   paths = {"plot": write_plot(runs, workdir, title)}
+  paired_png = os.path.join(workdir, "paired.png")
+  paired = st.paired_outputs(runs, study.baseline, paired_columns(runs), paired_png, title)
   if paired is not None:
-    texts["paired"] = paired
-    paired_png = os.path.join(workdir, "paired.png")
-    paths["paired_plot"] = st.paired_plot(runs, study.baseline, columns, paired_png, title)
+    texts["paired"], paths["paired_plot"] = paired
   record = {"title": title, "runs": runs, "config": config.to_dict()}
   paths |= st.write_texts_and_record(workdir, texts, record)
-  return {"runs": runs, "table": table, "paired": paired, "title": title, "paths": paths}
+  return {
+    "runs": runs,
+    "table": table,
+    "paired": texts.get("paired"),
+    "title": title,
+    "paths": paths,
+  }
 
 
 def main(argv: list[str]) -> None:
