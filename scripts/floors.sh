@@ -37,5 +37,5 @@ $PY_TRAIN -m train.wrn.main --workdir "$RUNS/wrn" --config train/wrn/configs/tin
   --config.num_epochs=1
 $PY_TRAIN -m train.lm.main --workdir "$RUNS/lm" --config train/lm/configs/tiny.py \
   --config.num_epochs=1 --config.max_train_tokens=4000 --config.max_eval_tokens=400 \
-  --config.data_dir=../shared/data/ptb
+  --config.data_dir="${SPARSEOUT_DATA:-../shared/data}/ptb"
 echo "floors passed"

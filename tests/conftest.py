@@ -10,14 +10,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pathlib
 
 import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from data_root import need
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
-  """The benchmark data folder beside the checkout (`../shared/data`)."""
-  if not SHARED_DATA.is_dir():
-    pytest.fail(f"expected the shared data at {SHARED_DATA} (CI has ../shared beside the checkout)")
-  return SHARED_DATA
+  """The benchmark data folder (``SPARSEOUT_DATA``, else ``../shared/data``); skips if absent."""
+  return need("ptb").parent

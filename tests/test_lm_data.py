@@ -4,23 +4,17 @@ import os
 
 import numpy as np
 import pytest
+from data_root import DATA, need
 
 from train.lm import input_pipeline as ip
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-PTB = os.path.join(DATA, "ptb")
-WT2 = os.path.join(DATA, "wikitext-2")
-
-
-def _need(path):
-  if not os.path.isdir(path):
-    # The data sits beside the checkout (../shared/data), in CI too: missing data is a failure.
-    pytest.fail(f"{path} not present: expected ../shared/data beside the checkout")
+PTB = str(DATA / "ptb")
+WT2 = str(DATA / "wikitext-2")
 
 
 @pytest.fixture(scope="module")
 def ptb():
-  _need(PTB)
+  need("ptb")
   return ip.load_corpus("ptb", PTB)
 
 
@@ -34,7 +28,7 @@ def test_ptb_counts_match_data_readme(ptb):
 
 
 def test_wt2_counts_match_data_readme():
-  _need(WT2)
+  need("wikitext-2")
   c = ip.load_corpus("wt2", WT2)
   assert (len(c.train), len(c.valid), len(c.test)) == (2_088_628, 217_646, 245_569)
   assert len(c.vocab) == 33_278

@@ -6,12 +6,13 @@ import os
 import jax
 import numpy as np
 import pytest
+from data_root import DATA, need
 
 from train.common import checkpoint as ckpt_lib
 from train.lm import train
 from train.lm.configs import tiny
 
-PTB = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ptb")
+PTB = str(DATA / "ptb")
 
 
 def _config(**kw):
@@ -33,8 +34,7 @@ def _quiet(monkeypatch):
 
 
 def test_loss_falls_on_real_ptb_slice(tmp_path):
-  if not os.path.isdir(PTB):
-    pytest.fail(f"no PTB at {PTB} (expected ../shared/data beside the checkout)")
+  need("ptb")
   c = _config(num_devices=1, variable_bptt=False, num_epochs=2, max_eval_tokens=1000)
   res = train.train_and_evaluate(c, str(tmp_path))["final"]
   hist = json.load(open(tmp_path / "results.json"))["history"]
@@ -54,8 +54,9 @@ def test_loss_falls_on_real_ptb_slice(tmp_path):
 
 
 def test_four_device_pmap_matches_single_device_without_regularisation(tmp_path):
-  if not os.path.isdir(PTB) or jax.local_device_count() < 4:
-    pytest.fail("needs PTB (../shared/data) and 4 CPU devices (tests/conftest.py sets 8)")
+  need("ptb")
+  if jax.local_device_count() < 4:
+    pytest.fail("needs 4 CPU devices (tests/conftest.py sets 8)")
   off = dict(rate_e=0.0, rate_i=0.0, rate_h=0.0, rate_o=0.0, rate_w=0.0)
   kw = dict(variable_bptt=False, num_epochs=1, max_steps_per_epoch=6, max_eval_tokens=300, **off)
   c1, c4 = _config(num_devices=1, **kw), _config(num_devices=4, **kw)
@@ -77,8 +78,7 @@ def test_four_device_pmap_matches_single_device_without_regularisation(tmp_path)
 
 @pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
-  if not os.path.isdir(PTB):
-    pytest.fail(f"no PTB at {PTB} (expected ../shared/data beside the checkout)")
+  need("ptb")
   kw = dict(num_devices=2, num_epochs=2, max_steps_per_epoch=7, max_eval_tokens=300)
   c = _config(**kw)
   train.train_and_evaluate(c, str(tmp_path / "full"))

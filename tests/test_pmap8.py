@@ -7,18 +7,16 @@ and the language model do too: the replicas stay identical, and without noise 8 
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from data_root import DATA, need
 from flax import nnx
 
 from train.common import data, parallel
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PTB = os.path.join(REPO, "..", "shared", "data", "ptb")
+PTB = str(DATA / "ptb")
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +66,7 @@ def test_autoencoder_pmap_over_8_devices(eight) -> None:
 
 @pytest.mark.slow
 def test_lm_pmap_over_8_devices_matches_one(eight, tmp_path) -> None:
-  if not os.path.isdir(PTB):
-    pytest.fail("no PTB (expected ../shared/data beside the checkout)")
+  need("ptb")
   from train.common import checkpoint
   from train.lm import train
   from train.lm.configs import tiny
