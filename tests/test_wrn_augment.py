@@ -62,3 +62,14 @@ def test_resume_mid_epoch_sees_the_same_raw_batches():
 def test_bad_host_split_is_refused():
   with pytest.raises(ValueError, match="divisible by the number of hosts"):
     next(augment.raw_train_batches(DS, global_batch=63, seed=0, epoch=0, num_hosts=2))
+
+
+def test_flip_false_keeps_the_crops_and_never_mirrors():
+  kw = dict(global_batch=64, seed=3, epoch=1)
+  with_flips = list(augment.raw_train_batches(DS, **kw))
+  without = list(augment.raw_train_batches(DS, flip=False, **kw))
+  assert any(b["flip"].any() for b in with_flips)  # not vacuous: flips are drawn by default
+  for a, b in zip(with_flips, without, strict=True):
+    assert not b["flip"].any()
+    for k in ("image", "label", "oy", "ox"):
+      np.testing.assert_array_equal(a[k], b[k])

@@ -109,10 +109,12 @@ def raw_train_batches(
   host_id: int = 0,
   num_hosts: int = 1,
   start_batch: int = 0,
+  flip: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
   """``input_pipeline.train_batches`` without the pixel work: the same examples, uint8, with draws.
 
-  Args: as ``input_pipeline.train_batches``.
+  Args: as ``input_pipeline.train_batches``; ``flip=False`` keeps the crops and never mirrors
+  (digits: a mirrored digit is another shape).
 
   Yields:
     {"image": uint8 (B_local, 32, 32, 3), "label": int32 (B_local,), "oy", "ox": int32 (B_local,),
@@ -128,4 +130,7 @@ def raw_train_batches(
     start_batch=start_batch,
   ):
     local = global_batch // num_hosts  # num_hosts checked by epoch_batches
-    yield {**batch, **draws(seed, epoch, b, global_batch, host_id * local, local)}
+    d = draws(seed, epoch, b, global_batch, host_id * local, local)
+    if not flip:
+      d["flip"] = np.zeros_like(d["flip"])
+    yield {**batch, **d}

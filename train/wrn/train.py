@@ -318,6 +318,7 @@ def train_and_evaluate(
       host_id=jax.process_index(),
       num_hosts=jax.process_count(),
       start_batch=start,
+      flip=bool(config.flip),
     ):
       yield parallel.shard(batch)
 

@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     "auto"  # auto (binary archives in data_dir, else TFDS) | binary | tfds | synthetic
   )
   c.data_dir = ""  # folder with cifar-10-binary.tar.gz / cifar-100-binary.tar.gz (or TFDS data)
+  c.flip = True  # random horizontal flips in training (False for digits: a mirrored digit is another shape)
   c.synthetic_size = 512  # training examples of the synthetic source (test: a quarter)
   # Model: WRN-depth-width.
   c.depth = 28
