@@ -1,5 +1,11 @@
 """Bad input raises an error that names the argument and the allowed range."""
 
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,3 +115,55 @@ def test_variant_and_metric_errors():
     bridgeout_dense(K, jnp.ones((2, 3)), jnp.ones((4, 5)), 0.5, 1.5)
   with pytest.raises(ValueError, match="length >= 2"):
     hoyer_sparsity(jnp.ones((4, 1)))
+
+
+# The training programs' command line (train/common/cli.py): one `error:` line for bad flags.
+AE_DEFAULT = "train/autoencoder/configs/default.py"
+
+
+@pytest.mark.parametrize(
+  ("argv", "expected"),
+  [
+    (
+      ["--config.rat=0.3"],
+      r"^error: --config\.rat: no such field in .*; did you mean --config\.rate\?$",
+    ),
+    (["--config.nonexistent=1"], r"^error: --config\.nonexistent: no such field in .*default\.py"),
+    (["--config", "/no/such.py"], r"^error: --config: no config file at /no/such\.py \(expected"),
+    (["--config=/no/such.py"], r"^error: --config: no config file at /no/such\.py"),
+  ],
+)
+def test_cli_bad_config_is_one_error_line(argv, expected):
+  from train.common import cli
+
+  message = cli.config_error(["--workdir", "/tmp/w", *argv], AE_DEFAULT)
+  assert "\n" not in message
+  assert re.match(expected, message), message
+
+
+def test_cli_good_overrides_pass():
+  from train.common import cli
+
+  argv = ["--config.q=1.0", "--config.model.hidden=8"]
+  assert cli._config_argv(argv) == (None, ["q", "model.hidden"])
+  assert cli.config_error(["--config.q=1.0", "--config.rate=0.3"], AE_DEFAULT) is None
+
+
+def test_program_from_another_directory_finds_its_default_config(tmp_path):
+  # The default config path is resolved from the package, not the working directory; a typo in a
+  # field then exits non-zero with the one line (the program never starts training).
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  env = {**os.environ, "PYTHONPATH": str(repo), "JAX_PLATFORMS": "cpu"}
+  cmd = [
+    sys.executable,
+    "-m",
+    "train.autoencoder.main",
+    "--workdir",
+    str(tmp_path),
+    "--config.rat=1",
+  ]
+  out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert out.stderr.strip().splitlines() == [
+    f"error: --config.rat: no such field in {repo / AE_DEFAULT}; did you mean --config.rate?"
+  ]

@@ -12,8 +12,13 @@ Running the same command again resumes from the workdir.
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import importlib.util
 import json
+import os
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from absl import app, flags, logging
@@ -22,8 +27,64 @@ from ml_collections import config_flags
 from train.common import distributed
 
 
+def _config_argv(argv: Sequence[str]) -> tuple[str | None, list[str]]:
+  """The ``--config`` path given on the command line (or None) and the ``--config.<field>`` names."""
+  path, fields = None, []
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+    elif arg.startswith("--config."):
+      fields.append(arg[len("--config.") :].split("=", 1)[0])
+  return path, fields
+
+
+def _field_names(config: Any, prefix: str = "") -> list[str]:
+  """Every dotted field name of a ConfigDict, nested ones too (``a``, ``a.b``)."""
+  names = []
+  for key, value in config.items():
+    names.append(prefix + key)
+    if hasattr(value, "items"):
+      names += _field_names(value, prefix + key + ".")
+  return names
+
+
+def config_error(argv: Sequence[str], default_config: str) -> str | None:
+  """The one-line ``error:`` for a missing config file or an unknown ``--config.<field>``, else None.
+
+  Checked before ml_collections parses the flags, which would raise a long traceback instead.
+  """
+  given, fields = _config_argv(argv)
+  path = given or default_config
+  if not os.path.isfile(path):
+    return (
+      f"error: --config: no config file at {path} (expected a Python file defining get_config())"
+    )
+  spec = importlib.util.spec_from_file_location("_config_under_check", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  known = _field_names(module.get_config())
+  for field in fields:
+    if field not in known:
+      close = difflib.get_close_matches(field, known, n=1)
+      hint = f"did you mean --config.{close[0]}?" if close else "that file lists the fields"
+      return f"error: --config.{field}: no such field in {path}; {hint}"
+  return None
+
+
 def define_flags(default_config: str) -> None:
-  """Define ``--workdir`` (required), ``--config`` (default ``default_config``) and the process flags."""
+  """Define ``--workdir`` (required), ``--config`` (default ``default_config``) and the process flags.
+
+  A relative ``default_config`` is taken from the repository root, so the programs run from any
+  working directory; a missing config file or an unknown ``--config.<field>`` exits with one line.
+  """
+  if not os.path.isabs(default_config):
+    default_config = os.path.join(os.path.dirname(__file__), "..", "..", default_config)
+    default_config = os.path.normpath(default_config)
+  message = config_error(sys.argv[1:], default_config)
+  if message:
+    sys.exit(message)
   flags.DEFINE_string(
     "workdir", None, "Output folder (checkpoints, metrics, plots).", required=True
   )
