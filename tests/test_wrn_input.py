@@ -42,20 +42,23 @@ def _write_archive(tmp_path, name: str, sizes: dict[str, int], seed: int = 0):
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_binary_archive_round_trip(tmp_path, name: str) -> None:
+  # A few records, not the published files: verify=False (tests/test_data_verify.py checks those).
   written = _write_archive(tmp_path, name, {"train": 6, "test": 5})
-  from_dir = {s: ip.read_cifar_binary(str(tmp_path), name, s) for s in ("train", "test")}
+  from_dir = {
+    s: ip.read_cifar_binary(str(tmp_path), name, s, verify=False) for s in ("train", "test")
+  }
   os.rename(
     tmp_path / ip._BINARY[name]["folder"], tmp_path / "moved"
   )  # now only the .tar.gz is there
   for split in ("train", "test"):
-    ds = ip.load(name, split, str(tmp_path), "auto")
+    ds = ip.load(name, split, str(tmp_path), "auto", verify=False)
     images, labels = written[split]
     assert ds.num_classes == ip.NUM_CLASSES[name]
     np.testing.assert_array_equal(ds.images, images)
     np.testing.assert_array_equal(ds.labels, labels)
     np.testing.assert_array_equal(from_dir[split].images, images)
     np.testing.assert_array_equal(from_dir[split].labels, labels)
-  assert len(ip.read_cifar_binary(str(tmp_path), name, "train")) == 6 * len(
+  assert len(ip.read_cifar_binary(str(tmp_path), name, "train", verify=False)) == 6 * len(
     ip._BINARY[name]["train"]
   )
 
@@ -68,6 +71,8 @@ def test_missing_and_corrupt_files_give_clear_errors(tmp_path) -> None:
     b"\0" * 3073
   )  # CIFAR-10 record size: wrong here
   with pytest.raises(ValueError, match="3074-byte"):
+    ip.read_cifar_binary(str(tmp_path), "cifar100", "train", verify=False)
+  with pytest.raises(ValueError, match="3,073 bytes, expected 153,700,000"):
     ip.read_cifar_binary(str(tmp_path), "cifar100", "train")
   with pytest.raises(FileNotFoundError, match="test.bin"):
     ip.read_cifar_binary(str(tmp_path), "cifar100", "test")

@@ -1,77 +1,29 @@
 """MNIST for the autoencoder: shipped t10k split (default), the four IDX files, or tfds.
 
-Every IDX file with a standard name is checked against its known sha256 before it is parsed; a
-missing, truncated or altered file raises :class:`DataError` naming the file and the expected
-checksum (never a traceback from inside numpy or gzip).
+Every IDX file with a standard name is checked against its known size and sha256 each time it is
+read (:mod:`train.common.datafiles`; ``--config.verify_data=False`` skips that for a modified
+copy); a missing, truncated or altered file raises :class:`DataError` naming the file (never a
+traceback from inside numpy or gzip).
 """
 
 from __future__ import annotations
 
-import gzip
-import os
 import pathlib
 
 import numpy as np
 
-from train.common import data, errors
+from train.common import data, datafiles, errors
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SHIPPED_DIR = REPO_ROOT / "data" / "mnist"
-
-SHA256 = {
-  "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-  "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-  "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-  "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-}
+SHA256 = {name: known.sha256 for name, known in datafiles.MNIST.items()}
 SHIPPED_TRAIN_SIZE = 8000
 """The shipped 10,000 t10k images are split: the first 8,000 train, the last 2,000 test."""
 
 
 DataError = errors.DataError
 sha256_of = data.sha256_of
-
-
-def read_idx(path: str | os.PathLike, *, verify: bool = True) -> np.ndarray:
-  """Read a gzipped IDX file (MNIST format) into a uint8 array, checking its sha256 first.
-
-  Args:
-    path: the ``.gz`` IDX file.
-    verify: check the sha256 when the file name is one of the four standard MNIST names.
-
-  Returns:
-    Images as (N, 28, 28) uint8 or labels as (N,) uint8.
-
-  Raises:
-    DataError: the file is missing, its checksum differs, or its header is not IDX uint8.
-  """
-  path = pathlib.Path(path)
-  expected = SHA256.get(path.name)
-  want = f" (expected sha256 {expected})" if expected else ""
-  if not path.is_file():
-    raise DataError(f"MNIST file not found: {path}{want}")
-  if verify and expected is not None:
-    got = sha256_of(path)
-    if got != expected:
-      raise DataError(
-        f"MNIST file {path} is damaged or not the standard file: sha256 {got}, expected "
-        f"{expected}. Replace it with the original (see ../shared/data/README.md)."
-      )
-  try:
-    with gzip.open(path, "rb") as f:
-      raw = f.read()
-  except (OSError, EOFError) as e:
-    raise DataError(f"MNIST file {path} is not a readable gzip file ({e}){want}") from None
-  if len(raw) < 8 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-    raise DataError(f"MNIST file {path} has no IDX uint8 header{want}")
-  ndim = raw[3]
-  shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-  offset = 4 + 4 * ndim
-  if len(raw) - offset != int(np.prod(shape)):
-    raise DataError(
-      f"MNIST file {path} is truncated: header says {shape}, {len(raw) - offset} bytes{want}"
-    )
-  return np.frombuffer(raw, np.uint8, offset=offset).reshape(shape)
+read_idx = datafiles.read_idx
 
 
 def _images(path: pathlib.Path) -> np.ndarray:

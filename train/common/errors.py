@@ -28,8 +28,12 @@ class ConfigError(UserError, ValueError):
   """A config value outside its allowed range (the message names the field and the range)."""
 
 
-class DataError(UserError, FileNotFoundError):
-  """A data file is missing, damaged, or not what was expected (the message names the file)."""
+class DataError(UserError, FileNotFoundError, ValueError):
+  """A data file is missing, damaged, or not what was expected (the message names the file).
+
+  Also a ``ValueError``: the readers raised that for a malformed file before, and callers catching
+  it still do.
+  """
 
 
 def _innermost_file(tb: types.TracebackType | None) -> str:

@@ -20,6 +20,7 @@ def add_run_control(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.log_every = 20  # steps between train/* rows and non-finite checks (one host sync each)
   c.progress = True  # progress bar (also off with TQDM_DISABLE=1)
   c.record_sparsity = True  # eval/sparsity/<layer>/{hoyer,zero_fraction} at every evaluation
+  c.verify_data = True  # check standard data files' size and sha256 on every load (docs/faults.md)
   return c
 
 
@@ -28,5 +29,7 @@ def validate_run_control(config: ml_collections.ConfigDict) -> None:
   for name in ("checkpoint_every_epochs", "log_every"):
     if int(config[name]) <= 0:
       raise errors.ConfigError(f"config.{name} must be a positive integer, got {config[name]}")
+  if int(config.get("num_devices", 0)) < 0:
+    raise errors.ConfigError(f"config.num_devices must be >= 0, got {config.num_devices}")
   if int(config.max_steps) == 0:
     raise errors.ConfigError("config.max_steps must be > 0, or -1 for no limit; got 0")

