@@ -19,12 +19,11 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax import lax
 
 from models.autoencoder import REGULARIZERS, Autoencoder, reconstruction_loss
 from sparseout_jax import hoyer_sparsity
 from train.autoencoder import input_pipeline
-from train.common import checkpoint, data, errors, evaluation, labels, loop, parallel
+from train.common import data, errors, evaluation, labels, loop, parallel
 from train.common import step as step_lib
 
 
@@ -47,11 +46,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for name in ("batch_size", "num_epochs", "hidden", "eval_batch_size"):
     if int(config[name]) <= 0:
       raise errors.ConfigError(f"config.{name} must be positive, got {config[name]}")
-  n = jax.local_device_count() * jax.process_count()
-  if config.batch_size % n or config.eval_batch_size % jax.local_device_count():
+  n = int(config.num_devices) or jax.device_count()
+  local = int(config.num_devices) or jax.local_device_count()
+  if config.batch_size % n or config.eval_batch_size % local:
     raise errors.ConfigError(
       f"config.batch_size ({config.batch_size}) must be divisible by the {n} devices and "
-      f"config.eval_batch_size ({config.eval_batch_size}) by the {jax.local_device_count()} local ones"
+      f"config.eval_batch_size ({config.eval_batch_size}) by the {local} local ones"
     )
 
 
@@ -94,14 +94,18 @@ def build_model(config: ml_collections.ConfigDict) -> Autoencoder:
 
 
 def make_steps(
-  graphdef: Any, rest: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict
+  graphdef: Any,
+  rest: Any,
+  tx: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+  state_shardings: Any,
 ):
-  """Return pmapped ``(train_step, eval_step)``.
+  """Return jitted ``(train_step, eval_step)``.
 
   ``train_step(state, batch, key) -> (state, metrics)`` is the shared step
-  (:func:`train.common.step.make_train_step`) on the mean reconstruction loss. ``eval_step(params,
-  batch, mask) -> sums`` returns masked sums over all devices (divide by ``sums["count"]``) and the
-  Sparseout layer's sparsity records (``config.record_sparsity``).
+  (:func:`train.common.step.make_train_step`) on the mean reconstruction loss of the global batch.
+  ``eval_step(params, batch, mask) -> sums`` returns masked sums over the global batch (divide by
+  ``sums["count"]``) and the Sparseout layer's sparsity records (``config.record_sparsity``).
   """
   loss_kind = config.loss
 
@@ -125,12 +129,14 @@ def make_steps(
       "count": jnp.sum(mask),
       "unit_active": jnp.sum(active * mask[:, None], axis=0),  # per hidden unit, for dead units
     }
-    return lax.psum(sums, parallel.AXIS), evaluation.record_sums(records, mask)
+    return sums, evaluation.record_sums(records, mask)
 
-  return step_lib.pmap_train_step(train_step), jax.pmap(eval_step, axis_name=parallel.AXIS)
+  return step_lib.jit_train_step(train_step, state_shardings), jax.jit(eval_step)
 
 
-def evaluate(eval_step, params_rep, images: np.ndarray, batch_size: int) -> dict[str, float]:
+def evaluate(
+  eval_step, params: Any, images: np.ndarray, batch_size: int, mesh: jax.sharding.Mesh
+) -> dict[str, float]:
   """Clean loss and hidden statistics over ``images`` (this process's slice; summed over all).
 
   Returns:
@@ -139,7 +145,7 @@ def evaluate(eval_step, params_rep, images: np.ndarray, batch_size: int) -> dict
     the ``sparsity/<layer>/<stat>`` records.
   """
   total, records = evaluation.eval_sums(
-    lambda batch, mask: eval_step(params_rep, batch, mask), {"x": images}, batch_size
+    lambda batch, mask: eval_step(params, batch, mask), {"x": images}, batch_size, mesh
   )
   count = float(total.pop("count"))
   unit_active = total.pop("unit_active")
@@ -178,22 +184,24 @@ def train_and_evaluate(
   batch_size, eval_batch = int(config.batch_size), int(config.eval_batch_size)
   steps_per_epoch = data.steps_per_epoch(len(train_x), batch_size)
 
+  mesh = parallel.make_mesh(int(config.num_devices))
   graphdef, params, rest = nnx.split(build_model(config), nnx.Param, ...)
   tx = make_optimizer(config)
   state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-  train_step, eval_step = make_steps(graphdef, rest, tx, config)
-  key = jax.random.key(int(config.seed))
+  state = parallel.put_replicated(state, mesh)
+  train_step, eval_step = make_steps(graphdef, rest, tx, config, parallel.shardings(state))
+  key = parallel.replicate_key(jax.random.key(int(config.seed)), mesh)
 
   def batches(epoch: int, start: int):
     for batch in data.iterate_epoch(
       {"x": train_x}, batch_size, int(config.data_seed), epoch, start_step=start
     ):
-      yield parallel.shard(batch)
+      yield parallel.put_batch(batch, mesh)
 
-  def evaluate_epoch(rstate, info: loop.EpochInfo) -> dict[str, float]:
-    test = evaluate(eval_step, rstate["params"], test_x, eval_batch)
-    train = evaluate(eval_step, rstate["params"], train_eval_x, eval_batch)
-    norms = weight_norms(parallel.unreplicate(rstate["params"]))
+  def evaluate_epoch(state, info: loop.EpochInfo) -> dict[str, float]:
+    test = evaluate(eval_step, state["params"], test_x, eval_batch, mesh)
+    train = evaluate(eval_step, state["params"], train_eval_x, eval_batch, mesh)
+    norms = weight_norms(parallel.to_host(state["params"]))
     return (
       {f"eval/{k}": v for k, v in test.items()}
       | {"eval/train_loss": train["loss"]}
@@ -206,7 +214,7 @@ def train_and_evaluate(
     num_epochs=int(config.num_epochs),
     steps_in_epoch=lambda epoch: steps_per_epoch,
     batches=batches,
-    train_step=lambda rstate, batch: train_step(rstate, batch, key),
+    train_step=lambda state, batch: train_step(state, batch, key),
     evaluate=evaluate_epoch,
     evaluate_untrained=True,
   )
@@ -216,5 +224,5 @@ def train_and_evaluate(
     "workdir": os.path.abspath(workdir),
     "skipped_steps": out.skipped_steps,
     "steps": out.steps,
-    "final_params": checkpoint.to_host(parallel.unreplicate(out.state["params"])),
+    "final_params": parallel.to_host(out.state["params"]),
   }

@@ -1,13 +1,15 @@
 """Checkpointing through orbax's ``CheckpointManager``: train state + JSON metadata, latest and best kept.
 
 A checkpoint at step ``s`` holds two items: ``state`` (any pytree of arrays: model and optimizer
-state, saved as host numpy arrays so replicated/pmapped values are written once) and ``meta`` (a
-JSON dict: the step, the data position, the rng key as integers, anything else the program needs to
-resume exactly). ``metrics`` given at save time rank checkpoints for "best". The latest
+state, written by orbax from the global arrays, each shard by the process that holds it, a
+replicated array once) and ``meta`` (a JSON dict: the step, the data position, anything else the
+program needs to resume exactly; the noise key is not stored: it is the config's seed folded with
+the step). ``metrics`` given at save time rank checkpoints for "best". The latest
 ``keep_latest`` checkpoints and the ``keep_best`` best ones are kept; older ones are deleted.
 
 Multi-process: every process calls :meth:`Checkpointer.save`/``restore`` (orbax synchronises them;
-numpy leaves are written by the primary process only).
+numpy leaves are written by the primary process only). A restore into a target of global arrays
+places each restored array with the target's sharding.
 """
 
 from __future__ import annotations
@@ -29,20 +31,26 @@ class CheckpointError(errors.UserError, RuntimeError):
   """A checkpoint could not be read (missing, truncated or not matching the model)."""
 
 
-def key_to_json(key: jax.Array) -> list[int]:
-  """Serialise a typed PRNG key to a list of uint32 words for the JSON metadata."""
-  return np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel().tolist()
+FORMAT = 2
+"""The checkpoint layout: 2 = global arrays of a ``jax.jit`` run over a mesh (``meta["format"]``).
 
-
-def key_from_json(words: list[int], impl: str | None = None) -> jax.Array:
-  """Rebuild a typed PRNG key from :func:`key_to_json` output (default impl: the current default)."""
-  data = np.asarray(words, dtype=np.uint32)
-  return jax.random.wrap_key_data(data, impl=impl)
+Checkpoints of the earlier per-device (``pmap``) programs have no format entry; their noise was
+drawn per device, so a resumed run could not continue them exactly, and they are refused.
+"""
 
 
 def to_host(tree: PyTree) -> PyTree:
-  """Copy every array leaf to a host numpy array (what gets written)."""
-  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+  """Numpy copies of every leaf (global arrays gathered where they span processes)."""
+  from train.common import parallel
+
+  return parallel.to_host(tree)
+
+
+def _abstract(leaf: Any) -> Any:
+  """The restore target of one leaf: its shape, dtype and sharding for a global array, else numpy."""
+  if isinstance(leaf, jax.Array):
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+  return np.asarray(leaf)
 
 
 def state_digest(tree: PyTree) -> str:
@@ -139,8 +147,8 @@ class Checkpointer:
 
     Args:
       step: global training step (the checkpoint's name).
-      state: pytree of arrays (unreplicate pmapped state first).
-      meta: JSON-serialisable dict (data position, rng via :func:`key_to_json`, ...).
+      state: pytree of arrays (global arrays are written from their shards, not gathered).
+      meta: JSON-serialisable dict (data position, ...).
       metrics: scalars for ranking "best" (must contain ``best_metric`` when one is set).
 
     Returns:
@@ -152,13 +160,12 @@ class Checkpointer:
       metrics = {k: float(v) for k, v in metrics.items()}
     meta = dict(meta or {})
     meta.setdefault("step", int(step))
-    host_state = to_host(state)
-    meta["state_sha256"] = state_digest(host_state)
+    meta["format"] = FORMAT
+    meta["state_sha256"] = state_digest(to_host(state))
+    state = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else np.asarray(x), state)
     saved = self._manager.save(
       int(step),
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave(meta)
-      ),
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
       metrics=metrics,
       force=True,
     )
@@ -172,12 +179,13 @@ class Checkpointer:
 
     Args:
       target: a pytree with the same structure/shapes/dtypes as the saved state (e.g. the freshly
-        initialised state); its values are not used.
+        initialised state); its values are not used. Global-array leaves give their sharding to
+        the restored arrays; numpy leaves restore as numpy.
       step: which checkpoint; None picks the latest (or best).
       best: pick the best checkpoint instead of the latest when ``step`` is None.
 
     Returns:
-      ``(state, meta)`` with numpy leaves, or None when the folder has no checkpoint.
+      ``(state, meta)`` (leaves like ``target``'s), or None when the folder has no checkpoint.
 
     Raises:
       CheckpointError: the checkpoint is missing, truncated, altered (its state no longer matches
@@ -187,7 +195,7 @@ class Checkpointer:
       step = self.best_step() if best else self.latest_step()
       if step is None:
         return None
-    abstract = to_host(target)
+    abstract = jax.tree.map(_abstract, target)
     try:
       restored = self._manager.restore(
         int(step),
@@ -201,11 +209,16 @@ class Checkpointer:
         "The checkpoint is truncated, corrupted or from a different model/config; delete that "
         "folder to fall back to an earlier checkpoint, or use a new --workdir."
       ) from None
-    state = to_host(restored.state)
-    _check_same_structure(target, state, self.path(step))
     meta = dict(restored.meta)
-    want = meta.get("state_sha256")  # absent in checkpoints written before it was added
-    if want is not None and state_digest(state) != want:
+    if meta.get("format") != FORMAT:
+      raise CheckpointError(
+        f"checkpoint {self.path(step)} was written by an earlier version of the programs "
+        "(per-device pmap layout, format 1) and cannot be resumed; use a new --workdir."
+      )
+    state = restored.state
+    _check_same_structure(target, state, self.path(step))
+    want = meta.get("state_sha256")
+    if want is not None and state_digest(to_host(state)) != want:
       raise CheckpointError(
         f"checkpoint {self.path(step)} is corrupted: its state does not match the sha256 recorded "
         "when it was written (bytes of a data file changed). Delete that folder to fall back to an "

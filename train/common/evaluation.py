@@ -1,8 +1,8 @@
 """Sharded evaluation over a whole split, and the per-layer sparsity records measured there.
 
-:func:`eval_sums` runs a pmapped ``eval_step(batch, mask) -> sums`` over every row of this process's
-part of a split (fixed-shape batches, the last padded and masked; every process runs the same number
-of collective steps) and adds the results up in float64. :func:`record_sums` (inside the step) and
+:func:`eval_sums` runs a jitted ``eval_step(batch, mask) -> sums`` on global batches made of every
+process's part of a split (fixed-shape batches, the last padded and masked; every process runs the
+same number of steps) and adds the results up in float64. :func:`record_sums` (inside the step) and
 :func:`mean_records` (on the host) turn the ``sparsity`` records a model sowed into the
 ``sparsity/<layer>/<stat>`` entries of an evaluation row.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
+from jax.sharding import Mesh
 
 import sparseout_jax
 from train.common import data, parallel
@@ -25,14 +25,16 @@ def eval_sums(
   eval_step: Callable[[Any, Any], Any],
   arrays: Mapping[str, np.ndarray],
   batch_size: int,
+  mesh: Mesh,
   prepare: Callable[[dict], dict] | None = None,
 ) -> Any:
   """Sum ``eval_step``'s outputs over every row of ``arrays`` (each process its slice).
 
   Args:
-    eval_step: pmapped ``(batch, mask) -> pytree of sums over all devices`` (psum'd inside).
+    eval_step: jitted ``(batch, mask) -> pytree of sums over the global batch``.
     arrays: the split, name -> array with a common leading length.
     batch_size: rows per batch on this process (divisible by the local devices).
+    mesh: the mesh the batches are split over.
     prepare: optional host-side transform of each batch (e.g. image normalisation).
 
   Returns:
@@ -44,18 +46,18 @@ def eval_sums(
   batches = data.iterate_eval(part, batch_size, num_batches=data.eval_num_batches(n, batch_size))
   for batch, mask in batches:
     batch = prepare(batch) if prepare is not None else batch
-    out = parallel.unreplicate(eval_step(parallel.shard(batch), parallel.shard(mask)))
+    out = parallel.to_host(eval_step(*parallel.put_batch((batch, mask), mesh)))
     out = jax.tree.map(lambda v: np.asarray(v, np.float64), out)
     total = out if total is None else jax.tree.map(np.add, total, out)
   return total
 
 
 def record_sums(records: Any, mask: jax.Array) -> dict[str, jax.Array]:
-  """A batch's per-layer sparsity records, weighted by its real rows and summed over devices.
+  """A global batch's per-layer sparsity records, weighted by its real rows.
 
   A record is a mean over the whole batch, padding rows included, so only batches without padding
   count: each record is weighted by the batch's row count where every row is real (0 otherwise),
-  and ``"count"`` carries the weights. Use inside the pmapped eval step.
+  and ``"count"`` carries the weights. Use inside the jitted eval step.
 
   Args:
     records: what ``nnx.capture(model, nnx.Intermediate)`` returned (or the model itself).
@@ -67,7 +69,7 @@ def record_sums(records: Any, mask: jax.Array) -> dict[str, jax.Array]:
     for path, rec in sparseout_jax.sparsity_records(records).items()
     for k, v in rec.items()
   }
-  return lax.psum({**flat, "count": full}, parallel.AXIS)
+  return {**flat, "count": full}
 
 
 def mean_records(sums: Mapping[str, Any]) -> dict[str, float]:

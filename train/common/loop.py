@@ -1,11 +1,11 @@
 """The training loop every program runs: resume, epochs of steps, evaluation, metrics, checkpoints.
 
-A program describes itself with a :class:`Program` (its batches, its pmapped step, its evaluation
-and a few hooks) and calls :func:`run` with its initial state (one pytree). The loop owns what the
-programs share:
+A program describes itself with a :class:`Program` (its batches, its jitted step, its evaluation
+and a few hooks) and calls :func:`run` with its initial state (one pytree of global arrays, placed on
+the program's mesh). The loop owns what the programs share:
 
 - resume: the latest checkpoint in ``<workdir>/checkpoints`` holds the state and one metadata
-  layout (:data:`META_KEYS`): the data position (epoch, step in epoch), the evaluation history, the
+  layout (the fields of :class:`RunState`): the data position (epoch, step in epoch), the evaluation history, the
   partial epoch's sums of training metrics, the skipped-step count and the metrics log's row count,
   so a resumed run continues bit for bit and ``metrics.jsonl`` holds every step and epoch once;
 - the progress bar, the metrics writer (names in :mod:`train.common.metrics`), and a plot of the
@@ -33,23 +33,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from train.common import checkpoint, guard, metrics, parallel, plots, preemption, progress
+from train.common import checkpoint, guard, metrics, plots, preemption, progress
 from train.common import step as step_lib
 from train.common.run_control import validate_run_control
 
 PyTree = Any
-META_KEYS = (
-  "epoch",
-  "step_in_epoch",
-  "history",
-  "epoch_sums",
-  "window_sums",
-  "epoch_seconds",
-  "skipped_steps",
-  "metrics_rows",
-  "stopped",
-)
-"""What every checkpoint's metadata holds (the checkpoint's step is its name)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +68,8 @@ class Program:
     steps_in_epoch: ``epoch -> number of steps`` of that (0-based) epoch.
     batches: ``(epoch, start) -> iterable`` of the device-ready batches of that epoch from step
       ``start`` on.
-    train_step: ``(state, batch) -> (state, metrics)`` on device (pmapped; metrics have a leading
-      device axis and an ``ok`` flag; an optional ``weight`` weights the epoch means).
+    train_step: ``(state, batch) -> (state, metrics)`` on device (jitted; scalar metrics with an
+      ``ok`` flag; an optional ``weight`` weights the epoch means).
     evaluate: ``(state, EpochInfo) -> {name: float}``, the ``eval/*`` and ``epoch/*`` entries of
       the evaluation row.
     best_metric: the row entry that ranks checkpoints (kept: the latest and the best).
@@ -93,8 +81,6 @@ class Program:
       mid-epoch resume), e.g. the LM's carry reset.
     end_epoch: optional ``(state, row, history) -> (state, stop)`` after an evaluation, e.g. the
       LM's switch to averaged SGD; ``stop`` ends training after this epoch.
-    to_host: device state -> host pytree that is checkpointed (default: device 0's copy).
-    to_device: host pytree -> device state (default: replicated over the local devices).
   """
 
   module: str
@@ -110,8 +96,6 @@ class Program:
   checkpoint_untrained: bool = False
   start_epoch: Callable[[Any, int], Any] | None = None
   end_epoch: Callable[[Any, dict, list], tuple[Any, bool]] | None = None
-  to_host: Callable[[Any], PyTree] = parallel.unreplicate
-  to_device: Callable[[PyTree], Any] = parallel.replicate
 
 
 @dataclasses.dataclass
@@ -134,24 +118,181 @@ class Result:
   finished: bool
 
 
-class _Sums:
-  """Running sums of the noisy training metrics: one window (for train rows) and one epoch."""
+def _means(sums: dict[str, float], prefix: str) -> dict[str, float]:
+  """Weighted means of running sums (``weight`` holds the total weight)."""
+  w = sums.get("weight", 0.0)
+  return {f"{prefix}{k}": v / w for k, v in sums.items() if k != "weight" and w > 0}
 
-  def __init__(self, epoch: dict[str, float] | None = None, window: dict[str, float] | None = None):
-    self.epoch: dict[str, float] = dict(epoch or {})
-    self.window: dict[str, float] = dict(window or {})
+
+def _add(sums: dict[str, float], m: dict[str, float], w: float) -> None:
+  for k, v in m.items():
+    sums[k] = sums.get(k, 0.0) + float(v) * w
+  sums["weight"] = sums.get("weight", 0.0) + w
+
+
+def restore(
+  workdir: str, state: PyTree, *, best: bool = False, best_metric: str | None = None
+) -> tuple[PyTree, dict] | None:
+  """The latest (or best) checkpoint of ``workdir/checkpoints`` in the layout of ``state``.
+
+  Checkpoints hold the optimizer state without ``optax.apply_if_finite``'s counters
+  (:func:`train.common.step.inner_opt_state`), so a checkpoint written with ``skip_nonfinite`` off
+  resumes with it on, and the reverse; the skipped-step count comes from the metadata.
+
+  Args:
+    workdir: the run's folder.
+    state: the initial state (the restore target: structure, shapes, shardings).
+    best: the best checkpoint by ``best_metric`` instead of the latest.
+    best_metric: the metric that ranked the checkpoints (needed with ``best``).
+
+  Returns:
+    ``(state, meta)``, or None when there is no checkpoint.
+  """
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), best_metric=best_metric)
+  try:
+    return _restore(ckpt, state, best=best)
+  finally:
+    ckpt.close()
+
+
+def _restore(ckpt: checkpoint.Checkpointer, state: PyTree, *, best: bool = False):
+  template = state["opt_state"]
+  restored = ckpt.restore({**state, "opt_state": step_lib.inner_opt_state(template)}, best=best)
+  if restored is None:
+    return None
+  got, meta = restored
+  skipped = int(meta.get("skipped_steps", 0))
+  return {**got, "opt_state": step_lib.wrap_opt_state(template, got["opt_state"], skipped)}, meta
+
+
+@dataclasses.dataclass
+class RunState:
+  """Where a run is: what every checkpoint's metadata holds, so a resume continues bit for bit.
+
+  Attributes:
+    step: optimizer steps done (the checkpoint's name).
+    epoch: epochs finished.
+    step_in_epoch: steps done in the current epoch.
+    history: the evaluation rows so far.
+    epoch_sums: weighted sums of this epoch's training metrics.
+    window_sums: the same since the last train row.
+    epoch_seconds: wall-clock seconds of this epoch's steps.
+    skipped_steps: non-finite steps skipped.
+    metrics_rows: rows in metrics.jsonl (a resume drops rows written after the checkpoint).
+    stopped: the program's ``end_epoch`` ended training (a rerun does not go on).
+  """
+
+  step: int = 0
+  epoch: int = 0
+  step_in_epoch: int = 0
+  history: list = dataclasses.field(default_factory=list)
+  epoch_sums: dict = dataclasses.field(default_factory=dict)
+  window_sums: dict = dataclasses.field(default_factory=dict)
+  epoch_seconds: float = 0.0
+  skipped_steps: int = 0
+  metrics_rows: int = 0
+  stopped: bool = False
+
+  def meta(self) -> dict:
+    """The checkpoint metadata (the step is the checkpoint's name)."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if k != "step"}
+
+  @classmethod
+  def from_meta(cls, step: int, meta: dict) -> RunState:
+    fields = {f.name for f in dataclasses.fields(cls)} - {"step"}
+    return cls(step=step, **{k: meta[k] for k in fields})
 
   def add(self, m: dict[str, float]) -> None:
+    """Add one step's metrics to the epoch's and the window's sums."""
     w = float(m.pop("weight", 1.0))
-    for sums in (self.epoch, self.window):
-      for k, v in m.items():
-        sums[k] = sums.get(k, 0.0) + float(v) * w
-      sums["weight"] = sums.get("weight", 0.0) + w
+    _add(self.epoch_sums, m, w)
+    _add(self.window_sums, m, w)
 
-  @staticmethod
-  def means(sums: dict[str, float], prefix: str) -> dict[str, float]:
-    w = sums.get("weight", 0.0)
-    return {f"{prefix}{k}": v / w for k, v in sums.items() if k != "weight" and w > 0}
+
+class _Run:
+  """One run of :func:`run`: the program, the device state, the run state and the writers."""
+
+  def __init__(self, program: Program, config: ml_collections.ConfigDict, workdir: str, state):
+    self.program = program
+    self.skip, self.log_every = bool(config.skip_nonfinite), int(config.log_every)
+    self.ckpt = checkpoint.Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      best_metric=program.best_metric,
+      best_mode=program.best_mode,
+    )
+    self.writer = metrics.MetricsWriter(workdir)
+    restored = _restore(self.ckpt, state)
+    if restored is None:
+      self.state, self.rs = state, RunState()
+      self.writer.resume(0, None)
+    else:
+      self.state, meta = restored
+      self.rs = RunState.from_meta(self.ckpt.latest_step() or 0, meta)
+      self.writer.resume(self.rs.metrics_rows, self.rs.step)
+    self.pending: list[tuple[int, dict]] = []
+    self.bar = None
+
+  def save(self, best: dict | None = None) -> None:
+    """Checkpoint the device state and the run state (ranked by ``best`` if given)."""
+    self.rs.metrics_rows = self.writer.rows
+    state = {**self.state, "opt_state": step_lib.inner_opt_state(self.state["opt_state"])}
+    self.ckpt.save(self.rs.step, state, meta=self.rs.meta(), metrics=best)
+
+  def save_ranked(self) -> None:
+    """Checkpoint, ranked by the newest evaluation row's ``best_metric``."""
+    self.save({self.program.best_metric: self.rs.history[-1][self.program.best_metric]})
+
+  def drain(self, write: bool = True) -> None:
+    """Fetch the pending steps' metrics (one host sync), apply the non-finite policy, log.
+
+    Train rows are written at steps that are multiples of ``log_every`` and at epoch ends, so a
+    run stopped in between and resumed logs the same rows as one never stopped.
+    """
+    rs = self.rs
+    fetched = jax.device_get([m for _, m in self.pending])
+    for (s, _), m in zip(self.pending, fetched, strict=True):
+      m = {k: np.asarray(v).reshape(-1)[0] for k, v in m.items()}
+      if bool(m.pop("ok")):
+        rs.add(m)
+        continue
+      if not self.skip:
+        last = self.ckpt.latest_step()
+        where = self.ckpt.path(last) if last is not None else "none (no checkpoint written yet)"
+        raise guard.NonFiniteError(
+          f"step {s}: non-finite loss or gradient (loss={float(m['loss'])}); stopping without "
+          f"saving. Last good checkpoint: {where}. Lower the learning rate, or set "
+          "skip_nonfinite=True in the config to skip such steps (they are counted in the metrics)."
+        )
+      rs.skipped_steps += 1
+    self.pending.clear()
+    if write and rs.window_sums:
+      row = _means(rs.window_sums, "train/")
+      self.writer.write(rs.step, {"epoch": rs.epoch, **row})
+      self.bar.set_postfix({k[6:]: f"{v:.4g}" for k, v in row.items()}, refresh=False)
+      rs.window_sums = {}
+
+  def end_of_epoch(self, info: EpochInfo) -> bool:
+    """Evaluate, log; True if the program asks to stop.
+
+    An epoch whose steps were all skipped has no ``epoch/train_*`` means; its row says so with
+    ``epoch/skipped_steps``.
+    """
+    rs = self.rs
+    row = {"epoch": info.epoch, "step": info.step, **self.program.evaluate(self.state, info)}
+    row.update(_means(rs.epoch_sums, "epoch/train_"))
+    row["epoch/skipped_steps"] = rs.skipped_steps
+    rs.history.append(row)
+    self.writer.write(info.step, row)
+    if self.program.end_epoch is not None and info.epoch > 0:
+      self.state, stop = self.program.end_epoch(self.state, row, rs.history)
+      return stop
+    return False
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+    self.writer.close()
+    self.ckpt.close()
 
 
 def run(program: Program, config: ml_collections.ConfigDict, workdir: str, state: PyTree) -> Result:
@@ -164,7 +305,7 @@ def run(program: Program, config: ml_collections.ConfigDict, workdir: str, state
     program: the program's pieces.
     config: its config (the run-control fields of :func:`add_run_control`).
     workdir: output folder: ``checkpoints/``, ``metrics.jsonl``, ``tensorboard/``, ``sparsity.png``.
-    state: the initial host state (a pytree with ``opt_state``); also the restore target.
+    state: the initial device state (a pytree with ``opt_state``); also the restore target.
 
   Returns:
     The :class:`Result`.
@@ -174,161 +315,73 @@ def run(program: Program, config: ml_collections.ConfigDict, workdir: str, state
     CheckpointError: the latest checkpoint cannot be read.
   """
   validate_run_control(config)
-  skip, log_every = bool(config.skip_nonfinite), int(config.log_every)
   with preemption.PreemptionHandler() as preempt:
-    ckpt = checkpoint.Checkpointer(
-      os.path.join(workdir, "checkpoints"),
-      best_metric=program.best_metric,
-      best_mode=program.best_mode,
-    )
-    writer = metrics.MetricsWriter(workdir)
-    epoch, in_epoch, history, skipped, sums, seconds = 0, 0, [], 0, _Sums(), 0.0
-    stopped = False  # the program's end_epoch ended training early (kept: a rerun does not go on)
-    template = state["opt_state"]
-    restored = ckpt.restore({**state, "opt_state": step_lib.inner_opt_state(template)})
-    if restored is not None:
-      state, meta = restored
-      epoch, in_epoch = int(meta["epoch"]), int(meta["step_in_epoch"])
-      history, skipped = list(meta["history"]), int(meta["skipped_steps"])
-      sums = _Sums(meta["epoch_sums"], meta["window_sums"])
-      seconds, stopped = float(meta["epoch_seconds"]), bool(meta["stopped"])
-      state = {**state, "opt_state": step_lib.wrap_opt_state(template, state["opt_state"], skipped)}
-    step = (ckpt.latest_step() or 0) if restored is not None else 0
-    writer.resume(*((int(meta["metrics_rows"]), step) if restored is not None else (0, None)))
-    rstate = program.to_device(state)
-
-    def save(best: dict | None = None) -> None:
-      meta = dict(
-        zip(
-          META_KEYS,
-          (
-            epoch,
-            in_epoch,
-            history,
-            sums.epoch,
-            sums.window,
-            seconds,
-            skipped,
-            writer.rows,
-            stopped,
-          ),
-          strict=True,
-        )
-      )
-      host = program.to_host(rstate)
-      host = {**host, "opt_state": step_lib.inner_opt_state(host["opt_state"])}
-      ckpt.save(step, host, meta=meta, metrics=best)
+    r = _Run(program, config, workdir, state)
+    rs = r.rs
 
     def stop_if_requested() -> None:
       """After a drain (every process at the same step): checkpoint and exit if a signal came."""
       if preempt.should_stop():
-        save()
-        bar.close()
-        writer.close()
-        preempt.exit(step, ckpt.path(step), preemption.resume_command(program.module))
-
-    pending: list[tuple[int, dict]] = []
-
-    def drain(write: bool = True) -> None:
-      """Fetch the pending steps' metrics (one host sync), apply the non-finite policy, log.
-
-      Train rows are written at steps that are multiples of ``log_every`` and at epoch ends, so
-      a run stopped in between and resumed logs the same rows as one never stopped.
-      """
-      nonlocal skipped
-      fetched = jax.device_get([m for _, m in pending])
-      for (s, _), m in zip(pending, fetched, strict=True):
-        m = {k: np.asarray(v).reshape(-1)[0] for k, v in m.items()}
-        if bool(m.pop("ok")):
-          sums.add(m)
-          continue
-        if not skip:
-          last = ckpt.latest_step()
-          where = ckpt.path(last) if last is not None else "none (no checkpoint written yet)"
-          raise guard.NonFiniteError(
-            f"step {s}: non-finite loss or gradient (loss={float(m['loss'])}); stopping without "
-            f"saving. Last good checkpoint: {where}. Lower the learning rate, or set "
-            "skip_nonfinite=True in the config to skip such steps (they are counted in the metrics)."
-          )
-        skipped += 1
-      pending.clear()
-      if write and sums.window:
-        row = _Sums.means(sums.window, "train/")
-        writer.write(step, {"epoch": epoch, **row})
-        bar.set_postfix({k[6:]: f"{v:.4g}" for k, v in row.items()}, refresh=False)
-        sums.window = {}
-
-    def end_of_epoch(info: EpochInfo) -> bool:
-      """Evaluate, log, maybe checkpoint; True if the program asks to stop."""
-      nonlocal rstate
-      row = {"epoch": info.epoch, "step": info.step, **program.evaluate(rstate, info)}
-      row.update(_Sums.means(sums.epoch, "epoch/train_"))
-      row["epoch/skipped_steps"] = skipped
-      history.append(row)
-      writer.write(info.step, row)
-      stop = False
-      if program.end_epoch is not None and info.epoch > 0:
-        rstate, stop = program.end_epoch(rstate, row, history)
-      return stop
+        r.save()
+        r.close()
+        preempt.exit(rs.step, r.ckpt.path(rs.step), preemption.resume_command(program.module))
 
     num_epochs = int(program.num_epochs)
     total = sum(program.steps_in_epoch(e) for e in range(num_epochs))
     max_steps = int(config.max_steps) if int(config.max_steps) > 0 else total
-    bar = progress.progress_bar(
+    r.bar = progress.progress_bar(
       total=min(total, max_steps),
-      initial=min(step, max_steps),
+      initial=min(rs.step, max_steps),
       desc=program.label,
       disable=None if config.progress else True,
     )
-    if not history and program.evaluate_untrained:
-      end_of_epoch(EpochInfo(0, step, 0, 0.0))
+    if not rs.history and program.evaluate_untrained:
+      r.end_of_epoch(EpochInfo(0, rs.step, 0, 0.0))
       if program.checkpoint_untrained:
-        save({program.best_metric: history[-1][program.best_metric]})
+        r.save_ranked()
     stop_if_requested()  # a signal during set-up: checkpoint the start and exit
     # A signal is acted on at the next drain; one process alone drains at once (no agreement needed).
     prompt = jax.process_count() == 1
-    finished = not stopped
-    while epoch < num_epochs and not stopped:
-      if step >= max_steps:  # max_steps at an epoch's end
-        save()
+    finished = not rs.stopped
+    while rs.epoch < num_epochs and not rs.stopped:
+      if rs.step >= max_steps:  # max_steps at an epoch's end
+        r.save()
         finished = False
         break
-      if in_epoch == 0 and program.start_epoch is not None:
-        rstate = program.start_epoch(rstate, epoch)
+      if rs.step_in_epoch == 0 and program.start_epoch is not None:
+        r.state = program.start_epoch(r.state, rs.epoch)
       t0 = time.perf_counter()
-      n_steps = program.steps_in_epoch(epoch)
-      for batch in program.batches(epoch, in_epoch):
-        rstate, m = program.train_step(rstate, batch)
-        step, in_epoch = step + 1, in_epoch + 1
-        pending.append((step, m))
-        bar.update(1)
-        at_end = in_epoch == n_steps or step >= max_steps
-        if step % log_every == 0 or in_epoch == n_steps:
-          drain()
-        elif step >= max_steps or (prompt and preempt.requested):
-          drain(write=False)  # the window goes on after the resume
+      n_steps = program.steps_in_epoch(rs.epoch)
+      for batch in program.batches(rs.epoch, rs.step_in_epoch):
+        r.state, m = program.train_step(r.state, batch)
+        rs.step, rs.step_in_epoch = rs.step + 1, rs.step_in_epoch + 1
+        r.pending.append((rs.step, m))
+        r.bar.update(1)
+        at_end = rs.step_in_epoch == n_steps or rs.step >= max_steps
+        if rs.step % r.log_every == 0 or rs.step_in_epoch == n_steps:
+          r.drain()
+        elif rs.step >= max_steps or (prompt and preempt.requested):
+          r.drain(write=False)  # the window goes on after the resume
         if at_end:
           break
-        if not pending:
-          seconds, t0 = seconds + time.perf_counter() - t0, time.perf_counter()
+        if not r.pending:
+          rs.epoch_seconds, t0 = rs.epoch_seconds + time.perf_counter() - t0, time.perf_counter()
           stop_if_requested()
-      seconds += time.perf_counter() - t0
-      if in_epoch < n_steps:  # max_steps inside an epoch: resumable from here
-        save()
+      rs.epoch_seconds += time.perf_counter() - t0
+      if rs.step_in_epoch < n_steps:  # max_steps inside an epoch: resumable from here
+        r.save()
         finished = False
         break
-      epoch, in_epoch = epoch + 1, 0
-      stopped = end_of_epoch(EpochInfo(epoch, step, n_steps, seconds))
-      sums, seconds = _Sums(), 0.0
-      if stopped or epoch % int(config.checkpoint_every_epochs) == 0 or epoch == num_epochs:
-        save({program.best_metric: history[-1][program.best_metric]})
-      if stopped:
+      rs.epoch, rs.step_in_epoch = rs.epoch + 1, 0
+      rs.stopped = r.end_of_epoch(EpochInfo(rs.epoch, rs.step, n_steps, rs.epoch_seconds))
+      rs.epoch_sums, rs.window_sums, rs.epoch_seconds = {}, {}, 0.0
+      if rs.stopped or rs.epoch % int(config.checkpoint_every_epochs) == 0 or rs.epoch == num_epochs:
+        r.save_ranked()
+      if rs.stopped:
         finished = False
         break
       stop_if_requested()
-    bar.close()
-    writer.close()
-    ckpt.close()
+    r.close()
   if jax.process_index() == 0:
-    plots.sparsity_plot(history, os.path.join(workdir, "sparsity.png"))
-  return Result(history, step, skipped, rstate, finished)
+    plots.sparsity_plot(rs.history, os.path.join(workdir, "sparsity.png"))
+  return Result(rs.history, rs.step, rs.skipped_steps, r.state, finished)

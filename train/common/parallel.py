@@ -1,9 +1,13 @@
-"""Data-parallel ``pmap`` helpers: replicate a state, shard a batch, per-device keys, mean gradients.
+"""Data parallelism as ``jax.jit`` over a one-axis device mesh: global batch sharded, state replicated.
 
-The convention in every program: the train step is ``jax.pmap(step, axis_name=AXIS)``; its state
-is replicated over the local devices (:func:`replicate`), its batch has a leading device axis
-(:func:`shard`), its key is one global key (``in_axes=None``) from which each device derives its
-own with :func:`device_key`, and gradients/metrics are averaged with ``lax.pmean(.., AXIS)``.
+Every program builds one :func:`make_mesh` whose ``"data"`` axis spans every device of every
+process. A batch is a *global* array: each process supplies its rows (:func:`put_batch`, which is
+``jax.make_array_from_process_local_data``) and the array is split over the axis; the train state is
+replicated (:func:`put_replicated`). The step is a plain ``jax.jit`` of a function written for
+the whole global batch: XLA inserts the all-reduces of the gradients, BatchNorm computes the
+statistics of the global batch, and the library draws every noise mask for the global batch with
+the batch's sharding, each device making only its shard's bits. So the arithmetic does not depend on
+the device count (up to the order of the all-reduce's additions).
 """
 
 from __future__ import annotations
@@ -12,99 +16,118 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import jax_utils
-from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-AXIS = "batch"
-"""The pmap axis name every program uses."""
+AXIS = "data"
+"""The mesh axis the batch is split over."""
 
 PyTree = Any
 
 
-def replicate(tree: PyTree, devices: list[jax.Device] | None = None) -> PyTree:
-  """Copy every leaf of ``tree`` to each local device, adding a leading axis of size ``local_device_count``.
+def make_mesh(num_devices: int = 0) -> Mesh:
+  """A ``("data",)`` mesh over every device of every process, or the first ``num_devices`` local ones.
 
   Args:
-    tree: pytree of arrays (e.g. ``nnx.state(model)`` or an optimizer state).
-    devices: devices to replicate to (default: all local devices, in pmap order); pass the same
-      list as ``jax.pmap(..., devices=...)``.
+    num_devices: 0 for every device of the job; n > 0 for the first n devices of this process
+      (a single-process run on fewer devices, e.g. to compare device counts).
 
   Returns:
-    The replicated pytree, ready to be a pmap argument with ``in_axes=0``.
-  """
-  # Same mesh axis name as the pmap outputs, so the first and later calls share one compilation.
-  return jax_utils.replicate(tree, devices, axis_name=AXIS)
-
-
-def unreplicate(tree: PyTree) -> PyTree:
-  """Take device 0's copy of a replicated pytree (inverse of :func:`replicate`).
-
-  Works for a pmap over any subset of the local devices (flax's ``jax_utils.unreplicate`` returns
-  the stacked array there) and for host numpy leaves.
-
-  Args:
-    tree: pytree whose leaves have a leading device axis.
-
-  Returns:
-    The pytree without the device axis.
+    The mesh.
 
   Example:
-    >>> unreplicate({"w": np.zeros((2, 3))})["w"].shape
-    (3,)
+    >>> make_mesh(1).shape["data"]
+    1
   """
+  if num_devices < 0:
+    raise ValueError(f"num_devices must be >= 0, got {num_devices}")
+  if num_devices and (jax.process_count() > 1 or num_devices > jax.local_device_count()):
+    raise ValueError(
+      f"num_devices={num_devices} needs one process with that many devices "
+      f"(have {jax.local_device_count()} in {jax.process_count()} processes)"
+    )
+  # Process-major order: process p's devices hold rows [p * b, (p + 1) * b) of a global batch.
+  devices = (
+    jax.local_devices()[:num_devices]
+    if num_devices
+    else sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  )
+  return Mesh(np.asarray(devices), (AXIS,))
 
-  def first(x):
-    if isinstance(x, jax.Array) and len(x.addressable_shards) > 1:
-      return x.addressable_shards[0].data.reshape(x.shape[1:])
-    return x[0]
 
-  return jax.tree.map(first, tree)
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Every device holds the whole array."""
+  return NamedSharding(mesh, P())
 
 
-def shard(batch: PyTree, num_devices: int | None = None) -> PyTree:
-  """Reshape each leaf of a host batch from ``(B, ...)`` to ``(num_devices, B // num_devices, ...)``.
+def batch_sharding(mesh: Mesh, axis: int = 0) -> NamedSharding:
+  """Array dimension ``axis`` (the batch) split over the mesh's ``"data"`` axis."""
+  return NamedSharding(mesh, P(*([None] * axis), AXIS))
 
-  Args:
-    batch: pytree of numpy/jax arrays with a common leading batch size ``B``.
-    num_devices: devices to split over (default ``jax.local_device_count()``).
 
-  Returns:
-    The reshaped pytree (numpy leaves stay numpy; pmap transfers them).
+def _global(x: Any, sharding: NamedSharding) -> jax.Array:
+  """The same host value on every process -> a global array with ``sharding``."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def put_replicated(tree: PyTree, mesh: Mesh) -> PyTree:
+  """Place a host (or single-device) pytree on every device of ``mesh`` (the same value everywhere).
+
+  Every process must pass the same values (a train state built from the same seed).
+  """
+  return jax.tree.map(lambda x: _global(x, replicated(mesh)), tree)
+
+
+def put_sharded(tree: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
+  """Place a *global* host pytree with dimension ``axis`` split over ``mesh`` (every process passes all of it)."""
+  return jax.tree.map(lambda x: _global(x, batch_sharding(mesh, axis)), tree)
+
+
+def put_batch(tree: PyTree, mesh: Mesh, axis: int = 0) -> PyTree:
+  """This process's rows of a batch -> the global batch, dimension ``axis`` split over ``mesh``.
+
+  Process p's rows are rows ``[p * b, (p + 1) * b)`` of the global batch (``train.common.data``
+  deals them so).
 
   Raises:
-    ValueError: ``B`` is not divisible by ``num_devices``.
+    ValueError: this process's rows do not divide evenly over its devices.
   """
-  n = num_devices or jax.local_device_count()
+  n = mesh.local_mesh.devices.size
 
-  def _one(x):
-    if x.shape[0] % n:
-      raise ValueError(f"batch size {x.shape[0]} is not divisible by the {n} local devices")
-    return x.reshape((n, x.shape[0] // n) + x.shape[1:])
+  def one(x):
+    x = np.asarray(x)
+    if x.shape[axis] % n:
+      raise ValueError(f"batch size {x.shape[axis]} is not divisible by the {n} local devices")
+    return jax.make_array_from_process_local_data(batch_sharding(mesh, axis), x)
 
-  return jax.tree.map(_one, batch)
-
-
-def unshard(tree: PyTree) -> PyTree:
-  """Merge the leading device axis back into the batch axis: ``(n, b, ...) -> (n * b, ...)``."""
-  return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), tree)
+  return jax.tree.map(one, tree)
 
 
-def device_key(key: jax.Array, axis_name: str = AXIS) -> jax.Array:
-  """Per-device key inside ``pmap``: ``fold_in(key, axis_index)`` (so devices never share a mask).
+def replicate_key(key: jax.Array, mesh: Mesh) -> jax.Array:
+  """A typed PRNG key placed on every device of ``mesh`` (the step's argument; same on every process)."""
+  return jax.random.wrap_key_data(put_replicated(jax.random.key_data(key), mesh))
 
-  In a multi-process pmap the axis spans every device of the job and ``axis_index`` is the global
-  device index, so 1 process x 4 devices and 2 processes x 2 devices draw the same keys.
 
-  Args:
-    key: the same key on every device (pass it with ``in_axes=None``).
-    axis_name: the pmap axis name.
+def to_host(tree: PyTree) -> PyTree:
+  """Numpy copies of a pytree of global arrays (all rows, on every process).
 
-  Returns:
-    A key unique to this device.
+  A replicated or single-process array is read from this process's devices; an array split over
+  several processes is gathered (only the LM's carried hidden state is).
   """
-  return jax.random.fold_in(key, lax.axis_index(axis_name))
+
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(x)
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(one, tree)
 
 
-def pmean(tree: PyTree, axis_name: str = AXIS) -> PyTree:
-  """Average every leaf of ``tree`` over the pmap axis (gradients, metrics)."""
-  return lax.pmean(tree, axis_name)
+def shardings(tree: PyTree) -> PyTree:
+  """The sharding of every leaf of a pytree of global arrays (a jit's ``out_shardings``)."""
+  return jax.tree.map(lambda x: x.sharding, tree)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from train.common import errors
@@ -29,7 +30,11 @@ def validate_run_control(config: ml_collections.ConfigDict) -> None:
   for name in ("checkpoint_every_epochs", "log_every"):
     if int(config[name]) <= 0:
       raise errors.ConfigError(f"config.{name} must be a positive integer, got {config[name]}")
-  if int(config.get("num_devices", 0)) < 0:
-    raise errors.ConfigError(f"config.num_devices must be >= 0, got {config.num_devices}")
+  n = int(config.get("num_devices", 0))
+  if n < 0 or (n and (jax.process_count() > 1 or n > jax.local_device_count())):
+    raise errors.ConfigError(
+      f"config.num_devices must be 0 (every device) or at most the {jax.local_device_count()} "
+      f"local devices of a single-process run, got {n}"
+    )
   if int(config.max_steps) == 0:
     raise errors.ConfigError("config.max_steps must be > 0, or -1 for no limit; got 0")

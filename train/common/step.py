@@ -1,10 +1,10 @@
-"""The train step every program shares: per-device noise key, gradients, pmean, update, finite check.
+"""The train step every program shares: noise key, gradients, update, finite check, jitted over a mesh.
 
 A program's state is one pytree (a dict) with at least ``params``, ``opt_state`` and ``step`` (an
 int32 scalar, the optimizer steps done); anything else in it (BatchNorm statistics, an LSTM's
 carry) is what the program's loss returns as its new value. :func:`make_train_step` builds
-``step(state, batch, key) -> (state, metrics)`` from a program's loss; :func:`pmap_train_step`
-maps it over the local devices. With ``skip_nonfinite`` the optimizer is wrapped in
+``step(state, batch, key) -> (state, metrics)`` from a program's loss on the global batch;
+:func:`jit_train_step` compiles it for a mesh (:mod:`train.common.parallel`). With ``skip_nonfinite`` the optimizer is wrapped in
 ``optax.apply_if_finite`` (by :func:`optimizer`) and the rest of the state is kept as it was by
 :func:`train.common.guard.select_tree`.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import optax
 
-from train.common import guard, parallel
+from train.common import guard
 
 PyTree = Any
 # apply_if_finite gives up skipping after this many consecutive non-finite steps; a run told to skip
@@ -69,13 +69,14 @@ def make_train_step(
   after_update: Callable[[dict], dict] | None = None,
   grad_norm: bool = False,
 ) -> Callable[[dict, dict, jax.Array], tuple[dict, dict]]:
-  """The shared step: ``g = mean over devices of grad loss``, ``params += tx(g)``, finite check.
+  """The shared step: ``g = grad loss(global batch)``, ``params += tx(g)``, finite check.
 
-  Device d at step s draws its noise from ``fold_in(fold_in(key, s), d)``.
+  Step s draws its noise from ``fold_in(key, s)`` for the whole global batch (the library draws
+  each mask with the batch's sharding), so the masks do not depend on the device count.
 
   Args:
     loss_fn: ``(params, state, batch, key) -> (loss, (metrics, new_entries))``: the scalar loss on
-      this device's batch, extra scalar metrics, and the new values of state entries other than
+      the global batch, extra scalar metrics, and the new values of state entries other than
       params/opt_state/step (e.g. ``{"batch_stats": ...}``).
     tx: the optimizer (from :func:`optimizer`).
     skip_nonfinite: keep ``new_entries`` as they were on a non-finite step.
@@ -86,15 +87,14 @@ def make_train_step(
       consumer of the gradients can change how XLA fuses the update, and with it the last bits).
 
   Returns:
-    ``step(state, batch, key) -> (state, metrics)``, to run under ``pmap`` (axis ``parallel.AXIS``);
+    ``step(state, batch, key) -> (state, metrics)``, to compile with :func:`jit_train_step`;
     metrics hold ``loss``, the loss's extra metrics, ``ok`` (all finite) and maybe ``grad_norm``.
   """
 
   def step(state, batch, key):
-    dkey = parallel.device_key(jax.random.fold_in(key, state["step"]))
+    skey = jax.random.fold_in(key, state["step"])
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (metrics, entries)), grads = grad_fn(state["params"], state, batch, dkey)
-    loss, metrics, grads = parallel.pmean((loss, metrics, grads))
+    (loss, (metrics, entries)), grads = grad_fn(state["params"], state, batch, skey)
     ok = guard.all_finite((loss, grads))
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     if update_scale is not None:
@@ -118,11 +118,17 @@ def make_train_step(
   return step
 
 
-def pmap_train_step(step: Callable, devices: list[jax.Device] | None = None) -> Callable:
-  """``jax.pmap`` of a step over the local devices: state and batch per device, one shared key.
+def jit_train_step(step: Callable, state_shardings: PyTree) -> Callable:
+  """``jax.jit`` of a step: the state keeps ``state_shardings``, metrics are replicated.
 
-  The state is donated (its buffers are reused for the new state).
+  The state is donated (its buffers are reused for the new state). The batch and key arrive as
+  global arrays (``parallel.put_batch``, ``parallel.replicate_key``); their shardings tell XLA how
+  to split the work.
+
+  Args:
+    step: from :func:`make_train_step`.
+    state_shardings: the state's shardings (``parallel.shardings(state)``).
   """
-  return jax.pmap(
-    step, axis_name=parallel.AXIS, in_axes=(0, 0, None), donate_argnums=(0,), devices=devices
-  )
+  mesh = jax.tree.leaves(state_shardings)[0].mesh
+  metrics = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(step, out_shardings=(state_shardings, metrics), donate_argnums=(0,))

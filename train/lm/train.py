@@ -1,10 +1,10 @@
 """AWD-LSTM language-model training with Sparseout (paper 4.4): the shared loop with this program's pieces.
 
-One global step (:mod:`train.common.step`): every device runs its share of the B streams through the model with
-its own noise key, the gradients are ``pmean``-ed, clipped to global norm ``clip``, weight decay is added and
-SGD applies ``lr * length / bptt`` (AWD-LSTM's scaling for variable windows). The state is one pytree: params,
+One jitted step over the device mesh (:mod:`train.common.step`): the B streams are split over the devices
+(the noise masks drawn for all of them at once, each device making its streams' bits), the gradients of the
+global batch are clipped to global norm ``clip``, weight decay is added and SGD applies ``lr * length / bptt`` (AWD-LSTM's scaling for variable windows). The state is one pytree: params,
 optimizer state, step, the hidden state carried from window to window without gradient (reset at each epoch's
-start), and NT-ASGD's averaged parameters with their count and on/off flag, so one compiled step serves SGD and
+start; split over the devices with its streams), and NT-ASGD's averaged parameters with their count and on/off flag, so one compiled step serves SGD and
 averaged SGD. ``optimizer="ntasgd"`` switches to averaging when validation stops improving (AWD-LSTM's
 ``main.py``); ``finetune_epochs`` then continues from the best checkpoint with averaged SGD from the first step
 until validation stops improving (AWD-LSTM's ``finetune.py``). At the end the best checkpoint is tested.
@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -28,7 +29,7 @@ from flax import nnx
 import sparseout_jax
 from models import lstm_lm
 from models.params import param_count
-from train.common import checkpoint, errors, loop, parallel, plots
+from train.common import errors, loop, parallel, plots
 from train.common import step as step_lib
 from train.lm import input_pipeline as ip
 
@@ -58,17 +59,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise errors.ConfigError(f"config.{name} must be positive, got {config[name]}")
   if int(config.finetune_epochs) < 0:
     raise errors.ConfigError(f"config.finetune_epochs must be >= 0, got {config.finetune_epochs}")
-  if config.num_devices and (
-    jax.process_count() > 1 or config.num_devices > jax.local_device_count()
-  ):
-    raise errors.ConfigError(
-      f"config.num_devices={config.num_devices} needs one process with at least that many local "
-      f"devices (have {jax.local_device_count()} in {jax.process_count()} processes)"
-    )
-  n = (config.num_devices or jax.local_device_count()) * jax.process_count()
+  n = int(config.num_devices) or jax.device_count()
   if config.batch_size % n:
     raise errors.ConfigError(
-      f"config.batch_size ({config.batch_size}) must be divisible by processes x local devices ({n})"
+      f"config.batch_size ({config.batch_size}) must be divisible by the {n} devices"
     )
 
 
@@ -115,8 +109,14 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return step_lib.optimizer(tx, bool(config.skip_nonfinite))
 
 
-def init_state(config: ml_collections.ConfigDict, vocab_size: int):
-  """``(graphdef, state, tx)`` for a fresh run; ``state["carry"]`` is the global ``(B, H)`` hidden state."""
+def init_state(
+  config: ml_collections.ConfigDict, vocab_size: int, mesh: jax.sharding.Mesh | None = None
+):
+  """``(graphdef, state, tx)`` for a fresh run; ``state["carry"]`` is the global ``(B, H)`` hidden state.
+
+  With a ``mesh`` the state is placed on it: replicated, the carry split by stream (host arrays
+  otherwise).
+  """
   model = build_model(config, vocab_size)
   graphdef, params = nnx.split(model)
   tx = make_optimizer(config)
@@ -129,18 +129,23 @@ def init_state(config: ml_collections.ConfigDict, vocab_size: int):
     "n_avg": jnp.zeros((), jnp.int32),
     "asgd": jnp.zeros((), jnp.bool_),
   }
+  if mesh is not None:
+    state = place(state, mesh)
   return graphdef, state, tx
 
 
-def make_train_step(
-  graphdef: Any,
-  tx: optax.GradientTransformation,
-  config: ml_collections.ConfigDict,
-  devices: list[Any] | None = None,
-):
-  """The pmapped step ``(state, batch, key) -> (state, metrics)``.
+def place(state: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
+  """A host state on ``mesh``: replicated, the carry ``(B, H)`` split by stream."""
+  rest = parallel.put_replicated({k: v for k, v in state.items() if k != "carry"}, mesh)
+  return rest | {"carry": parallel.put_sharded(state["carry"], mesh)}
 
-  ``batch`` = {"x", "y": ``(T, b)`` token ids of this device's streams, "length": the real steps}. After
+
+def make_train_step(
+  graphdef: Any, tx: optax.GradientTransformation, config: ml_collections.ConfigDict, state: PyTree
+):
+  """The jitted step ``(state, batch, key) -> (state, metrics)`` for ``state``'s shardings.
+
+  ``batch`` = {"x", "y": ``(T, B)`` token ids (the streams split over the mesh), "length": the real steps}. After
   the update, when ``state["asgd"]``: ``n_avg += 1``, ``avg += (params - avg) / n_avg`` (torch ASGD with
   t0 = 0, lambd = 0: the mean of the iterates since the switch).
   """
@@ -176,7 +181,7 @@ def make_train_step(
     after_update=average,
     grad_norm=True,
   )
-  return step_lib.pmap_train_step(step, devices)
+  return step_lib.jit_train_step(step, parallel.shardings(state))
 
 
 def make_eval_step(graphdef: Any):
@@ -229,7 +234,7 @@ def evaluate(
       recs[k] = recs.get(k, 0.0) + float(v)
   loss = total / count
   n_rec = recs.pop("count", 0.0)
-  out = {"loss": loss, "ppl": math.exp(loss), "tokens": int(count)}
+  out = {"loss": loss, "ppl": perplexity(loss), "tokens": int(count)}
   return out | {f"sparsity/{k}": v / n_rec for k, v in recs.items() if n_rec > 0}
 
 
@@ -244,65 +249,17 @@ def _load_data(config: ml_collections.ConfigDict) -> ip.Corpus:
   )
 
 
-def _time_major_shard(x: np.ndarray, n: int) -> np.ndarray:
-  """``(T, B, ...) -> (n, T, B // n, ...)``: each device gets a contiguous block of streams."""
-  t, b = x.shape[:2]
-  return np.swapaxes(x.reshape((t, n, b // n) + x.shape[2:]), 0, 1)
+def perplexity(loss: float) -> float:
+  """``exp(loss)``; inf with a warning when that overflows or the loss is not finite (never an exception).
 
-
-def device_batch(window: ip.Window, n_dev: int) -> dict[str, np.ndarray]:
-  """A training window laid out for the pmapped step (streams split over ``n_dev`` devices)."""
-  return {
-    "x": _time_major_shard(window.inputs, n_dev),
-    "y": _time_major_shard(window.targets, n_dev),
-    "length": np.full((n_dev,), window.length, np.int32),
-  }
-
-
-class Layout:
-  """Where the state lives: replicated over this process's devices, the carry split by stream.
-
-  Args:
-    devices: this process's devices of the pmap.
-    batch_size: global number of streams B.
+  Example:
+    >>> round(perplexity(1.0), 4)
+    2.7183
   """
-
-  def __init__(self, devices: list[Any], batch_size: int):
-    self.devices = devices
-    self.n_dev = len(devices)
-    self.b_host = batch_size // jax.process_count()
-    self.lo = jax.process_index() * self.b_host
-    mesh = jax.sharding.Mesh(np.array(devices), (parallel.AXIS,))
-    # Placed like parallel.replicate's output (and pmap's), so the step compiles once, not twice.
-    self.sharding = jax.NamedSharding(mesh, jax.P(parallel.AXIS))
-
-  def carry_to_devices(self, carry: PyTree) -> PyTree:
-    """Global host carry ``(B, H)`` -> this process's streams, ``(n_dev, B_host / n_dev, H)`` on its devices."""
-
-    def one(c):
-      c = np.asarray(c)[self.lo : self.lo + self.b_host]
-      return c.reshape((self.n_dev, c.shape[0] // self.n_dev) + c.shape[1:])
-
-    return jax.device_put(jax.tree.map(one, carry), self.sharding)
-
-  def global_carry(self, carry: PyTree) -> PyTree:
-    """Device carry -> the global host ``(B, H)`` (gathered over processes)."""
-    c = jax.tree.map(lambda a: np.asarray(a).reshape((-1,) + a.shape[2:]), jax.device_get(carry))
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-
-      c = jax.tree.map(lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)), c)
-    return c
-
-  def to_device(self, state: PyTree) -> PyTree:
-    """Host state -> device state."""
-    rest = {k: v for k, v in state.items() if k != "carry"}
-    return parallel.replicate(rest, self.devices) | {"carry": self.carry_to_devices(state["carry"])}
-
-  def to_host(self, rstate: PyTree) -> PyTree:
-    """Device state -> host state (what is checkpointed)."""
-    rest = parallel.unreplicate({k: v for k, v in rstate.items() if k != "carry"})
-    return checkpoint.to_host(rest) | {"carry": self.global_carry(rstate["carry"])}
+  if math.isfinite(loss) and loss < 709.0:  # exp(709.8) overflows float64
+    return math.exp(loss)
+  warnings.warn(f"loss {loss} gives no finite perplexity; reported as inf", stacklevel=2)
+  return math.inf
 
 
 def nonmonotone(losses: list[float], nonmono: int) -> bool:
@@ -333,12 +290,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   validate_config(config)
   os.makedirs(workdir, exist_ok=True)
-  devices = jax.local_devices()[: config.num_devices or None]
-  layout = Layout(devices, int(config.batch_size))
+  mesh = parallel.make_mesh(int(config.num_devices))
   corpus = _load_data(config)
-  graphdef, state, tx = init_state(config, len(corpus.vocab))
-  # pmap's `devices` must list every process's devices; pass it only for a single-process subset.
-  pstep = make_train_step(graphdef, tx, config, devices if config.num_devices else None)
+  graphdef, host_state, tx = init_state(config, len(corpus.vocab))
+  state = place(host_state, mesh)
+  train_step = make_train_step(graphdef, tx, config, state)
   eval_step = make_eval_step(graphdef)
   streams = ip.batchify(corpus.train, config.batch_size)
   host_streams = ip.shard_for_process(streams, jax.process_index(), jax.process_count())
@@ -346,6 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def run_stage(stage: int, stage_dir: str, num_epochs: int, init: PyTree) -> loop.Result:
     """One training stage (0: SGD / NT-ASGD; 1: the averaged-SGD finetune) through the shared loop."""
+    key = parallel.replicate_key(jax.random.fold_in(root_key, stage), mesh)
 
     @functools.lru_cache(maxsize=2)
     def schedule(epoch: int) -> list[tuple[int, int]]:
@@ -358,34 +315,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def batches(epoch: int, start: int):
       for begin, length in schedule(epoch)[start:]:
         window = ip.make_window(host_streams, begin, length, config.bptt_bucket)
-        yield device_batch(window, layout.n_dev)
+        xy = parallel.put_batch({"x": window.inputs, "y": window.targets}, mesh, axis=1)
+        yield xy | {"length": parallel.put_replicated(np.int32(window.length), mesh)}
 
-    def start_epoch(rstate, epoch: int):
-      return rstate | {"carry": layout.carry_to_devices(state["carry"])}  # AWD resets it each epoch
+    def start_epoch(state, epoch: int):
+      # AWD resets the hidden state at each epoch's start.
+      return state | {"carry": parallel.put_sharded(host_state["carry"], mesh)}
 
-    def evaluate_epoch(rstate, info: loop.EpochInfo) -> dict[str, float]:
-      host = parallel.unreplicate({k: rstate[k] for k in ("params", "avg", "asgd")})
-      params = host["avg"] if bool(host["asgd"]) else host["params"]
+    def evaluate_epoch(state, info: loop.EpochInfo) -> dict[str, float]:
+      params, asgd = averaged(state)
       valid = evaluate(
         graphdef, params, corpus.valid, config.eval_batch_size, config.bptt, eval_step
       )
       tokens = sum(length for _, length in schedule(info.epoch - 1)) * config.batch_size
       return {f"eval/{k}": v for k, v in valid.items()} | {
         "epoch/tokens_per_s": tokens / info.seconds if info.steps else float("nan"),
-        "epoch/asgd": int(bool(host["asgd"])),
+        "epoch/asgd": int(asgd),
       }
 
-    def end_epoch(rstate, row, history):
+    def end_epoch(state, row, history):
       losses = [r["eval/loss"] for r in history if r["epoch"] > 0]
       if not nonmonotone(losses, config.nonmono):
-        return rstate, False
+        return state, False
       if stage == 1:  # finetune.py: "Done!" once validation stops improving
-        return rstate, True
-      if config.optimizer == "ntasgd" and not bool(parallel.unreplicate(rstate["asgd"])):
+        return state, True
+      if config.optimizer == "ntasgd" and not bool(parallel.to_host(state["asgd"])):
         if jax.process_index() == 0:
           print(f"epoch {row['epoch']}: switching to ASGD (averaged parameters)", flush=True)
-        return switch_to_asgd(rstate), False
-      return rstate, False
+        return start_averaging(state, state["params"]), False
+      return state, False
 
     program = loop.Program(
       module="train.lm.main",
@@ -393,7 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       num_epochs=num_epochs,
       steps_in_epoch=lambda epoch: len(schedule(epoch)),
       batches=batches,
-      train_step=lambda rstate, batch: pstep(rstate, batch, jax.random.fold_in(root_key, stage)),
+      train_step=lambda state, batch: train_step(state, batch, key),
       evaluate=evaluate_epoch,
       best_metric="eval/ppl",
       # The finetune's starting point competes for best, as finetune.py saves only improvements on it.
@@ -401,24 +359,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       checkpoint_untrained=stage == 1,
       start_epoch=start_epoch,
       end_epoch=end_epoch,
-      to_host=layout.to_host,
-      to_device=layout.to_device,
     )
     return loop.run(program, config, stage_dir, init)
 
-  def switch_to_asgd(rstate):
-    # The average starts from the current iterate (it must not alias the donated params).
-    on = parallel.replicate({"asgd": np.bool_(True), "n_avg": np.int32(0)}, devices)
-    return rstate | {"avg": jax.tree.map(jnp.copy, rstate["params"])} | on
+  def start_averaging(state, params):
+    # The average starts from ``params`` (a copy: it must not alias the donated params).
+    on = parallel.put_replicated({"asgd": np.bool_(True), "n_avg": np.int32(0)}, mesh)
+    return state | {"params": params, "avg": jax.tree.map(jnp.copy, params)} | on
+
+  def best(stage_dir: str) -> tuple[PyTree, dict]:
+    # A fresh template: the stage's own state was donated to its steps.
+    return loop.restore(stage_dir, place(host_state, mesh), best=True, best_metric="eval/ppl")
 
   out = run_stage(0, workdir, int(config.num_epochs), state)
   final_dir, final, stage = workdir, out, 0
   if out.finished and int(config.finetune_epochs) > 0:
-    best, _ = best_checkpoint(workdir, state)
-    best_params = best["avg"] if bool(best["asgd"]) else best["params"]
-    params = jax.tree.unflatten(jax.tree.structure(state["params"]), jax.tree.leaves(best_params))
-    start = state | {"params": params, "avg": params, "asgd": np.bool_(True), "n_avg": np.int32(0)}
+    restored, _ = best(workdir)
+    params = restored["avg"] if bool(parallel.to_host(restored["asgd"])) else restored["params"]
     final_dir, stage = os.path.join(workdir, "finetune"), 1
+    start = start_averaging(place(host_state, mesh), params)
     final = run_stage(1, final_dir, int(config.finetune_epochs), start)
   summary = {
     "history": final.history,
@@ -430,8 +389,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # A stage stopped by max_steps is resumed by running again; only a finished run is tested.
   if not (final.finished or stage == 1):
     return summary
-  best, best_meta = best_checkpoint(final_dir, state)
-  params = jax.tree.map(jnp.asarray, best["avg"] if bool(best["asgd"]) else best["params"])
+  restored, best_meta = best(final_dir)
+  params, _ = averaged(restored)
   valid = evaluate(graphdef, params, corpus.valid, config.eval_batch_size, config.bptt, eval_step)
   test = evaluate(graphdef, params, corpus.test, config.test_batch_size, config.bptt, eval_step)
   hist = final.history
@@ -448,19 +407,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if hist
     else float("nan"),
     "steps": final.steps,
-    "params": param_count(state["params"]),
+    "params": param_count(host_state["params"]),
   }
   write_results(config, final_dir, summary["final"], hist)
   return summary
 
 
-def best_checkpoint(stage_dir: str, template: PyTree) -> tuple[PyTree, dict]:
-  """The host state and metadata of the best (lowest validation perplexity) checkpoint of a stage."""
-  ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"), best_metric="eval/ppl")
-  target = {**template, "opt_state": step_lib.inner_opt_state(template["opt_state"])}
-  state, meta = ckpt.restore(target, best=True)
-  ckpt.close()
-  return state, meta
+def averaged(state: PyTree) -> tuple[PyTree, bool]:
+  """The parameters to evaluate, as host arrays: NT-ASGD's average once it is on, else the iterate."""
+  host = parallel.to_host({k: state[k] for k in ("params", "avg", "asgd")})
+  asgd = bool(host["asgd"])
+  return (host["avg"] if asgd else host["params"]), asgd
 
 
 def write_results(

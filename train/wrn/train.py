@@ -1,7 +1,7 @@
 """WRN training on CIFAR (paper 4.3): the shared loop with this program's model, optimizer and evaluation.
 
-One pmapped step per global batch (:mod:`train.common.step`): per-device noise keys, gradients and metrics
-averaged over devices, BatchNorm statistics averaged across devices inside the model (``axis_name``), SGD
+One jitted step per global batch over the device mesh (:mod:`train.common.step`): noise masks and BatchNorm
+statistics of the global batch, so the device count does not change the arithmetic (up to rounding), SGD
 nesterov with L2 weight decay as the WRN reference: the learning rate falls by ``lr_decay`` at the start of the
 epochs in ``lr_boundaries`` (1-based, 60/120/160), and the momentum buffer starts again from zero there (the
 reference builds a new optimizer at each drop). Per epoch: noisy train loss and error, test loss and error
@@ -20,10 +20,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
-from jax import lax
 
 from models.wrn import PLACEMENTS, REGULARIZERS, WideResNet
-from train.common import checkpoint, errors, evaluation, labels, loop, parallel, plots
+from train.common import errors, evaluation, labels, loop, parallel, plots
 from train.common import step as step_lib
 from train.wrn import augment, input_pipeline
 
@@ -62,7 +61,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(
       f"config.lr_boundaries must be increasing 1-based epochs >= 2, got {config.lr_boundaries}"
     )
-  n = jax.device_count()
+  n = int(config.num_devices) or jax.device_count()
   for name in ("batch_size", "eval_batch_size"):
     if int(config[name]) % n:
       raise errors.ConfigError(
@@ -78,7 +77,7 @@ def compute_dtype(name: str) -> jnp.dtype:
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int) -> WideResNet:
-  """The config's WRN (BN statistics averaged over the pmap axis), parameters from ``config.seed``."""
+  """The config's WRN (BN statistics of the global batch under jit), parameters from ``config.seed``."""
   return WideResNet(
     int(config.depth),
     int(config.width),
@@ -89,7 +88,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> WideResN
     placement=config.placement,
     gradient=config.gradient,
     bn_momentum=float(config.bn_momentum),
-    axis_name=parallel.AXIS,
+    axis_name=None,
     dtype=compute_dtype(config.dtype),
     record_sparsity=bool(config.record_sparsity),
     remat_noise=bool(config.remat_noise),
@@ -193,14 +192,19 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-@functools.lru_cache(maxsize=8)
-def make_steps(graphdef: Any, tx: optax.GradientTransformation, skip_nonfinite: bool):
-  """Return pmapped ``(train_step, eval_step)`` (cached: runs of one config compile once per process).
+def make_steps(graphdef: Any, tx: optax.GradientTransformation, skip_nonfinite: bool, state: dict):
+  """Return jitted ``(train_step, eval_step)`` for ``state``'s mesh and shardings.
 
   ``train_step(state, batch, key) -> (state, metrics)`` is the shared step; ``state`` = {params,
-  batch_stats, opt_state, step} replicated over devices. ``eval_step(params, batch_stats, batch, mask) ->
-  (sums, records)`` returns mask-weighted sums and the sparsity records over all devices.
+  batch_stats, opt_state, step} replicated over the mesh. ``eval_step(params, batch_stats, batch, mask) ->
+  (sums, records)`` returns mask-weighted sums and the sparsity records over the global batch.
   """
+  return _make_steps(graphdef, tx, skip_nonfinite, parallel.shardings(state))
+
+
+@functools.lru_cache(maxsize=8)
+def _make_steps(graphdef: Any, tx: optax.GradientTransformation, skip_nonfinite: bool, shardings):
+  # Cached: runs of one config on one mesh compile once per process.
 
   def loss_fn(params, state, batch, key):
     # The pixel work on the device: the host only gathers raw uint8 images (augment.py).
@@ -209,7 +213,7 @@ def make_steps(graphdef: Any, tx: optax.GradientTransformation, skip_nonfinite: 
     logits, _ = nnx.capture(model, nnx.Intermediate)(batch["image"], train=True, key=key)
     loss = jnp.mean(cross_entropy(logits, batch["label"]))
     error = 100.0 * jnp.mean((jnp.argmax(logits, -1) != batch["label"]).astype(jnp.float32))
-    # batch_stats are already identical on every device: BN pmeans its batch moments.
+    # The statistics of the global batch: XLA all-reduces the moments over the mesh.
     return loss, ({"error": error}, {"batch_stats": nnx.state(model, nnx.BatchStat)})
 
   train_step = step_lib.make_train_step(loss_fn, tx, skip_nonfinite=skip_nonfinite)
@@ -223,19 +227,24 @@ def make_steps(graphdef: Any, tx: optax.GradientTransformation, skip_nonfinite: 
       "error": jnp.sum(wrong * mask),
       "count": jnp.sum(mask),
     }
-    return lax.psum(sums, parallel.AXIS), evaluation.record_sums(records, mask)
+    return sums, evaluation.record_sums(records, mask)
 
-  return step_lib.pmap_train_step(train_step), jax.pmap(eval_step, axis_name=parallel.AXIS)
+  return step_lib.jit_train_step(train_step, shardings), jax.jit(eval_step)
 
 
 def evaluate(
-  eval_step, rstate: dict, ds: input_pipeline.ArrayDataset, global_batch: int
+  eval_step,
+  state: dict,
+  ds: input_pipeline.ArrayDataset,
+  global_batch: int,
+  mesh: jax.sharding.Mesh,
 ) -> dict[str, float]:
   """Test loss, error (%) and sparsity records over every example of ``ds`` (each process its slice)."""
   sums, records = evaluation.eval_sums(
-    lambda batch, mask: eval_step(rstate["params"], rstate["batch_stats"], batch, mask),
+    lambda batch, mask: eval_step(state["params"], state["batch_stats"], batch, mask),
     {"image": ds.images, "label": ds.labels},
     global_batch // jax.process_count(),
+    mesh,
     prepare=lambda b: {**b, "image": input_pipeline.normalize(b["image"])},
   )
   n = sums["count"]
@@ -244,8 +253,16 @@ def evaluate(
   )
 
 
-def init_state(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int):
-  """``(graphdef, state, tx)`` for a fresh run: state = {params, batch_stats, opt_state, step}."""
+def init_state(
+  config: ml_collections.ConfigDict,
+  num_classes: int,
+  steps_per_epoch: int,
+  mesh: jax.sharding.Mesh | None = None,
+):
+  """``(graphdef, state, tx)`` for a fresh run: state = {params, batch_stats, opt_state, step}.
+
+  The state is replicated over ``mesh`` when one is given (host arrays otherwise).
+  """
   graphdef, params, batch_stats = nnx.split(
     build_model(config, num_classes), nnx.Param, nnx.BatchStat
   )
@@ -256,6 +273,8 @@ def init_state(config: ml_collections.ConfigDict, num_classes: int, steps_per_ep
     "opt_state": tx.init(params),
     "step": jnp.zeros((), jnp.int32),
   }
+  if mesh is not None:
+    state = parallel.put_replicated(state, mesh)
   return graphdef, state, tx
 
 
@@ -300,10 +319,11 @@ def train_and_evaluate(
   train_ds, test_ds = ds["train"], ds["test"]
   global_batch = int(config.batch_size)
   steps_per_epoch = input_pipeline.train_steps_per_epoch(len(train_ds), global_batch)
-  graphdef, state, tx = init_state(config, train_ds.num_classes, steps_per_epoch)
-  train_step, eval_step = make_steps(graphdef, tx, bool(config.skip_nonfinite))
+  mesh = parallel.make_mesh(int(config.num_devices))
+  graphdef, state, tx = init_state(config, train_ds.num_classes, steps_per_epoch, mesh)
+  train_step, eval_step = make_steps(graphdef, tx, bool(config.skip_nonfinite), state)
   schedule = learning_rate_schedule(config, steps_per_epoch)
-  key = jax.random.key(int(config.seed))
+  key = parallel.replicate_key(jax.random.key(int(config.seed)), mesh)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -320,10 +340,10 @@ def train_and_evaluate(
       start_batch=start,
       flip=bool(config.flip),
     ):
-      yield parallel.shard(batch)
+      yield parallel.put_batch(batch, mesh)
 
-  def evaluate_epoch(rstate, info: loop.EpochInfo) -> dict[str, float]:
-    test = evaluate(eval_step, rstate, test_ds, int(config.eval_batch_size))
+  def evaluate_epoch(state, info: loop.EpochInfo) -> dict[str, float]:
+    test = evaluate(eval_step, state, test_ds, int(config.eval_batch_size), mesh)
     return {f"eval/{k}": v for k, v in test.items()} | {
       "epoch/lr": float(schedule(info.step - 1)),
       "epoch/images_per_s": info.steps * global_batch / max(info.seconds, 1e-9),
@@ -335,7 +355,7 @@ def train_and_evaluate(
     num_epochs=int(config.num_epochs),
     steps_in_epoch=lambda epoch: steps_per_epoch,
     batches=batches,
-    train_step=lambda rstate, batch: train_step(rstate, batch, key),
+    train_step=lambda state, batch: train_step(state, batch, key),
     evaluate=evaluate_epoch,
     best_metric="eval/error",
   )
@@ -344,7 +364,7 @@ def train_and_evaluate(
     real_wrn28_10 = config.data_source != "synthetic" and (config.depth, config.width) == (28, 10)
     reference = REFERENCE_ERROR[config.dataset] if real_wrn28_10 else None
     plot_curves(out.history, os.path.join(workdir, "test_error.png"), run_label(config), reference)
-  host = checkpoint.to_host(parallel.unreplicate(out.state))
+  host = parallel.to_host({k: out.state[k] for k in ("params", "batch_stats")})
   return {
     "history": out.history,
     "workdir": os.path.abspath(workdir),
@@ -358,11 +378,17 @@ def train_and_evaluate(
 def plot_curves(
   history: list[dict[str, Any]], path: str, label: str, reference: float | None = None
 ) -> str:
-  """PNG of test (and noisy train) error in % per epoch, with the reference error as a flat line if given."""
+  """PNG of test (and noisy train) error in % per epoch, with the reference error as a flat line if given.
+
+  An epoch whose steps were all skipped (``skip_nonfinite``) has no train error: a gap in that curve.
+  """
   epochs = [r["epoch"] for r in history]
   series = {
     f"test {label}": (epochs, [r["eval/error"] for r in history]),
-    f"train (noisy) {label}": (epochs, [r["epoch/train_error"] for r in history]),
+    f"train (noisy) {label}": (
+      epochs,
+      [r.get("epoch/train_error", float("nan")) for r in history],
+    ),
   }
   if reference is not None:
     series[f"WRN-28-10 dropout reference {reference}%"] = ([epochs[0], epochs[-1]], [reference] * 2)
