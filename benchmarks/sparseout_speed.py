@@ -6,6 +6,8 @@ run. The PyTorch row is the authors' rule (SPEC 1) as a torch.autograd.Function.
 
   python -m benchmarks.sparseout_speed                # the README table
   python -m benchmarks.sparseout_speed --quick        # 2 sizes, float32 only
+  python -m benchmarks.sparseout_speed --goal --out benchmarks/results/sparseout_speed_cpu_goal
+                                                      # the goal cells only (q = 1.5, 2.5, mask)
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 import os
 import pathlib
 import platform
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -118,7 +122,7 @@ def _torch_variants(torch, fn, shape, dtype_name: str) -> dict:
 
 def run(sizes, dtypes, impls, residuals, rounds, floors: bool = True) -> list[dict]:
   rows = []
-  torch_ref = _torch_reference()
+  torch_ref = _torch_reference() if floors else None
   for dtype_name in dtypes:
     dtype = jnp.dtype(dtype_name)
     for n in sizes:
@@ -195,7 +199,8 @@ def write_markdown(rows: list[dict], path: pathlib.Path, meta: dict) -> None:
   lines = [
     f"Forward+backward (y and dx) time of each variant relative to Flax Dropout (threefry) in the "
     f"same run, as wall / process-CPU ratios (medians of alternating rounds). Machine: "
-    f"{meta['machine']}; jax {meta['jax']}; rate {RATE}; sparseout keeps the mask unless 'key'.",
+    f"{meta['machine']}; jax {meta['jax']}; rate {RATE}; sparseout keeps the mask unless 'key'."
+    + (f" Command: `{meta['command']}`; {meta['date']}; {meta['load']}." if "load" in meta else ""),
     "",
     "| dtype | elements | Flax Dropout ms | " + " | ".join(label for _, label in cols) + " |",
     "|---|---|---|" + "---|" * len(cols),
@@ -232,6 +237,9 @@ def main() -> None:
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
   ap.add_argument("--quick", action="store_true", help="two sizes, float32, threefry only")
+  ap.add_argument(
+    "--goal", action="store_true", help="every size and dtype, the goal columns only (shorter)"
+  )
   ap.add_argument("--rounds", type=int, default=7)
   ap.add_argument("--out", default="benchmarks/results/sparseout_speed_cpu")
   args = ap.parse_args()
@@ -242,6 +250,8 @@ def main() -> None:
       ["threefry2x32"],
       ("mask", "key"),
     )
+  elif args.goal:
+    sizes, dtypes, impls, residuals = (SIZES, ["float32", "bfloat16"], ["threefry2x32"], ("mask",))
   else:
     sizes, dtypes, impls, residuals = (
       SIZES,
@@ -249,8 +259,13 @@ def main() -> None:
       ["threefry2x32", "rbg"],
       ("mask", "key"),
     )
-  rows = run(sizes, dtypes, impls, residuals, args.rounds)
+  load_before = os.getloadavg()[0]
+  rows = run(sizes, dtypes, impls, residuals, args.rounds, floors=not args.goal)
   meta = {
+    "command": "python -m benchmarks.sparseout_speed "
+    + " ".join(a for a in sys.argv[1:] if a != "--out" and not a.startswith("benchmarks/")),
+    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    "load": f"1-min load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
     "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].platform}",
     "jax": jax.__version__,
   }
