@@ -24,7 +24,7 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from train.common import distributed
+from train.common import datafiles, distributed, errors, lock
 
 
 def _config_argv(argv: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -107,8 +107,15 @@ def run(train_module: str) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     info = distributed.initialize_from_flags()
-    train = importlib.import_module(train_module)  # after jax.distributed is initialised
-    out = train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    # One writer per workdir: a second launch stops here, before anything is written.
+    with (
+      lock.hold_for_job(workdir, info.process_index, info.process_count),
+      errors.reporting_full_disk(workdir),
+      datafiles.verification(bool(config.get("verify_data", True))),
+    ):
+      train = importlib.import_module(train_module)  # after jax.distributed is initialised
+      out = train.train_and_evaluate(config, workdir)
     if info.is_main:
       print(json.dumps(summary(out), indent=1, default=str))
       print(f"outputs in {out['workdir']}")

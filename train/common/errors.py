@@ -12,10 +12,14 @@ full traceback. ``SPARSEOUT_TRACEBACK=1`` in the environment always shows the tr
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
 import sys
 import traceback
 import types
+from collections.abc import Iterator
 
 _CONFIG_FLAGS = os.path.join("ml_collections", "config_flags", "config_flags.py")
 
@@ -34,6 +38,78 @@ class DataError(UserError, FileNotFoundError, ValueError):
   Also a ``ValueError``: the readers raised that for a malformed file before, and callers catching
   it still do.
   """
+
+
+class OutOfSpaceError(UserError, OSError):
+  """A write failed for lack of space (disk full, quota, file-size limit); the message says where."""
+
+
+_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+# Libraries that write from C++ (orbax's tensorstore) report the OS error as text only.
+_SPACE_TEXT = ("No space left on device", "File too large", "Disk quota exceeded")
+
+
+def out_of_space(exc: BaseException) -> str | None:
+  """The OS's reason if ``exc``, or an error it was raised from or while handling, is a write that
+  failed for lack of space (ENOSPC, EDQUOT, or EFBIG from a file-size limit); otherwise None.
+
+  Args:
+    exc: an exception.
+
+  Returns:
+    e.g. ``"File too large: '/w/metrics.jsonl'"``, or None.
+
+  Example:
+    >>> import errno
+    >>> from train.common import errors
+    >>> errors.out_of_space(OSError(errno.ENOSPC, "No space left on device", "/w/x"))
+    "No space left on device: '/w/x'"
+    >>> errors.out_of_space(ValueError("a bug")) is None
+    True
+  """
+  stack, seen = [exc], set()
+  while stack:
+    e = stack.pop()
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _SPACE_ERRNOS:
+      return e.strerror + (f": {e.filename!r}" if e.filename else "")
+    for text in _SPACE_TEXT:
+      if text in str(e):
+        return text
+    stack.extend([e.__cause__, e.__context__, *getattr(e, "exceptions", ())])
+  return None
+
+
+@contextlib.contextmanager
+def reporting_full_disk(workdir: str) -> Iterator[None]:
+  """Turn a write that fails for lack of space inside the block into an :class:`OutOfSpaceError`.
+
+  The message says so and where (``workdir``), and that the checkpoints already written are intact
+  (a checkpoint is written aside and renamed into place), so the same command resumes.
+
+  Example:
+    >>> import errno
+    >>> from train.common import errors
+    >>> try:
+    ...   with errors.reporting_full_disk("/w"):
+    ...     raise OSError(errno.EFBIG, "File too large")
+    ... except errors.OutOfSpaceError as e:
+    ...   str(e).startswith("out of disk space writing in /w (File too large)")
+    True
+  """
+  try:
+    yield
+  except Exception as e:
+    reason = out_of_space(e)
+    if reason is None:
+      raise
+    raise OutOfSpaceError(
+      f"out of disk space writing in {os.path.abspath(workdir)} ({reason}). The checkpoints "
+      "already there are intact: free space (or raise the file-size limit) and run the same "
+      "command again to resume."
+    ) from None
 
 
 def _innermost_file(tb: types.TracebackType | None) -> str:
@@ -80,6 +156,23 @@ def _hook(
   print("(set SPARSEOUT_TRACEBACK=1 to see the traceback)", file=sys.stderr, flush=True)
 
 
+class _QuietOutOfSpace(logging.Filter):
+  """Drops library log records (with tracebacks) about a write that failed for lack of space.
+
+  Orbax's writer threads log such a failure at ERROR before it reaches the program, which then
+  reports it in one line (:func:`reporting_full_disk`).
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if os.environ.get("SPARSEOUT_TRACEBACK"):
+      return True
+    text = record.getMessage()
+    return not any(t in text for t in _SPACE_TEXT)
+
+
 def install() -> None:
   """Make uncaught input errors print ``error: <message>`` (exit status 1) instead of a traceback."""
   sys.excepthook = _hook
+  absl_logger = logging.getLogger("absl")
+  if not any(isinstance(f, _QuietOutOfSpace) for f in absl_logger.filters):
+    absl_logger.addFilter(_QuietOutOfSpace())
