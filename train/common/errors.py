@@ -20,6 +20,7 @@ import sys
 import traceback
 import types
 from collections.abc import Iterator
+from typing import Any
 
 _CONFIG_FLAGS = os.path.join("ml_collections", "config_flags", "config_flags.py")
 
@@ -142,6 +143,28 @@ def is_user_error(exc: BaseException) -> bool:
   return isinstance(exc, OSError) and _innermost_file(exc.__traceback__).endswith(_CONFIG_FLAGS)
 
 
+def is_late_callback(exc: BaseException | None, tb: types.TracebackType | None) -> bool:
+  """True for ``RuntimeError: Event loop is closed`` raised inside asyncio (a callback too late).
+
+  When orbax's restore fails on one read (a damaged checkpoint), it closes its asyncio loop while
+  tensorstore still completes the other reads; their callbacks find the loop closed and are
+  reported as unraisable errors, one traceback each. They are noise beside the real error.
+  """
+  return (
+    isinstance(exc, RuntimeError)
+    and str(exc) == "Event loop is closed"
+    and _innermost_file(tb).endswith(os.path.join("asyncio", "base_events.py"))
+  )
+
+
+def _unraisable_hook(args: Any) -> None:
+  if is_late_callback(args.exc_value, args.exc_traceback) and not os.environ.get(
+    "SPARSEOUT_TRACEBACK"
+  ):
+    return
+  sys.__unraisablehook__(args)
+
+
 def _hook(
   exc_type: type[BaseException], exc: BaseException, tb: types.TracebackType | None
 ) -> None:
@@ -173,6 +196,7 @@ class _QuietOutOfSpace(logging.Filter):
 def install() -> None:
   """Make uncaught input errors print ``error: <message>`` (exit status 1) instead of a traceback."""
   sys.excepthook = _hook
+  sys.unraisablehook = _unraisable_hook
   absl_logger = logging.getLogger("absl")
   if not any(isinstance(f, _QuietOutOfSpace) for f in absl_logger.filters):
     absl_logger.addFilter(_QuietOutOfSpace())
