@@ -215,7 +215,7 @@ def _read_archive(
       for fname in spec[split]:
         if fname not in members:
           raise errors.DataError(
-            f"{archive} has no member {fname!r}; is it the official binary archive?"
+            f"{archive} is damaged: no member {fname!r} (or it is not the official archive)"
           )
         where = f"{archive}: member {members[fname].name}"
         _check_batch_size(where, members[fname].size, spec, fname, verify)
