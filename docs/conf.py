@@ -1,10 +1,13 @@
-"""Sphinx configuration of the API reference: `bash scripts/docs.sh` builds it into build/docs/."""
+"""Sphinx configuration of the manual (docs/): `bash scripts/docs.sh` builds it into build/docs/html/.
+
+The guides and result pages are Markdown (myst-parser); the API reference is docs/api/*.rst.
+"""
 
 import pathlib
 import re
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # document the checkout, installed or not
 
 import sparseout_jax  # noqa: E402
@@ -19,10 +22,15 @@ extensions = [
   "sphinx.ext.napoleon",  # Google-style Args / Returns / Example sections
   "sphinx.ext.mathjax",  # the `.. math::` blocks of the docstrings
   "sphinx.ext.viewcode",
+  "myst_parser",  # the Markdown pages
 ]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+myst_heading_anchors = 3  # links such as speed.md#gpu reach the section
+myst_enable_extensions = ["dollarmath"]
 autodoc_default_options = {"members": False, "show-inheritance": True}
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"  # hints under Args, the signature stays short
+autodoc_typehints_description_target = "documented_params"  # not Linen's parent and name
 autodoc_preserve_defaults = True
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -31,7 +39,11 @@ napoleon_use_rtype = False
 html_theme = "sphinx_book_theme"  # the theme of the Flax and Optax docs
 html_title = f"sparseout-jax {release}"
 html_theme_options = {"show_toc_level": 2}
-exclude_patterns = ["_build"]
+# The tables under results/ are data the result pages show and link to, not pages of their own.
+exclude_patterns = ["_build", "results/*/*.md"]
+# The result pages skip heading levels in places (a table under an H3 of an H1 page); that is style,
+# not a broken page, so it does not fail the build.
+suppress_warnings = ["myst.header"]
 
 
 # A docstring's plain-text formula such as |x|**(q/2) reads as an RST substitution |x|; escape
@@ -59,5 +71,17 @@ def _escape_bars(app, what, name, obj, options, lines: list[str]) -> None:
       lines[i] = _SPAN_OR_BAR.sub(lambda m: "\\|" if m[0] == "|" else m[0], line)
 
 
+# Every Linen module takes Flax's `parent` (default: an internal sentinel object); it is not part of
+# a layer's interface, so the signature on the page leaves it out.
+_PARENT = re.compile(r",\s*parent=<[^>]*>")
+
+
+def _drop_linen_parent(app, what, name, obj, options, signature, return_annotation):
+  if signature and "parent=" in signature:
+    return _PARENT.sub("", signature), return_annotation
+  return None
+
+
 def setup(app):
   app.connect("autodoc-process-docstring", _escape_bars)
+  app.connect("autodoc-process-signature", _drop_linen_parent)
