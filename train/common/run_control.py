@@ -22,6 +22,7 @@ def add_run_control(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.progress = True  # progress bar (also off with TQDM_DISABLE=1)
   c.record_sparsity = True  # eval/sparsity/<layer>/{hoyer,zero_fraction} at every evaluation
   c.verify_data = True  # check standard data files' size and sha256 on every load (docs/faults.md)
+  c.num_devices = 0  # 0: every device of every process; n: the first n (single process only)
   return c
 
 
