@@ -1,5 +1,5 @@
 """The floors CI step (scripts/floors.sh) installs exactly the lowest versions pyproject.toml
-declares, and the README and CHANGELOG state the same range."""
+declares, and the install page and CHANGELOG state the same range."""
 
 import importlib.util
 import pathlib
@@ -44,8 +44,8 @@ def test_a_requirement_without_a_floor_is_refused(tmp_path):
     floor_requirements.floor_pins(("train",), toml)
 
 
-def test_readme_states_the_tested_floors():
-  readme = (REPO / "README.md").read_text()
+def test_install_page_states_the_tested_floors():
+  page = (REPO / "docs" / "install.md").read_text()
   for pin in floor_requirements.floor_pins() + floor_requirements.floor_pins(("train",)):
     name, version = pin.split("==")
-    assert f"{name} {version}" in readme, f"README's tested range lacks {name} {version}"
+    assert f"{name} {version}" in page, f"docs/install.md's tested range lacks {name} {version}"

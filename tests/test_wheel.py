@@ -58,7 +58,8 @@ def test_wheel_in_a_clean_venv_runs_the_readme_quick_starts(dist, tmp_path):
   venv = tmp_path / "venv"
   _run(sys.executable, "-m", "venv", str(venv))
   py = str(venv / "bin" / "python")
-  _run(py, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel))
+  # optax: the quick start's train step uses it, and says to install it (not a dependency).
+  _run(py, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel), "optax")
   blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
   script = tmp_path / "quick_starts.py"
   script.write_text(
