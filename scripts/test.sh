@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: a fresh virtual environment, everything installed, lint, the tests (with the
-# docstring examples), the API reference built with warnings as errors, then the slow tests and
-# the declared version floors.
+# docstring examples), the manual built with warnings as errors, then the slow tests and the
+# declared version floors. Tests whose benchmark data is missing skip (docs/data.md); .ci/run
+# makes them fail instead.
 # Usage: bash scripts/test.sh            (fast suite and docs, then the slow tests and the floors)
 #        SKIP_SLOW=1 bash scripts/test.sh (fast suite and docs only)
 set -euo pipefail
