@@ -3,6 +3,7 @@
 The guides and result pages are Markdown (myst-parser); the API reference is docs/api/*.rst.
 """
 
+import inspect
 import pathlib
 import re
 import sys
@@ -82,6 +83,27 @@ def _drop_linen_parent(app, what, name, obj, options, signature, return_annotati
   return None
 
 
+# NNX modules are built by a metaclass whose __call__ takes (*args, **kwargs); show __init__'s
+# parameters instead (their types are listed under Args, as for every function).
+def _nnx_class_signature(app, what, name, obj, options, signature, return_annotation):
+  if what != "class" or signature != "(*args, **kwargs)":
+    return None
+  params = list(inspect.signature(obj.__init__).parameters.values())[1:]  # without self
+  bare = [param.replace(annotation=inspect.Parameter.empty) for param in params]
+  return str(inspect.Signature(bare)), return_annotation
+
+
+# A number's docstring is its type's ("Convert a string or number to a floating point number"):
+# a constant is described by its directive's own text, not by float's.
+def _drop_builtin_docstring(app, what, name, obj, options, lines: list[str]) -> None:
+  if what == "data" and type(obj) in (int, float, str, bool) and obj.__doc__ == type(obj).__doc__:
+    inherited = [line.strip() for line in (type(obj).__doc__ or "").splitlines() if line.strip()]
+    if [line.strip() for line in lines if line.strip()][: len(inherited)] == inherited:
+      del lines[:]
+
+
 def setup(app):
+  app.connect("autodoc-process-docstring", _drop_builtin_docstring)
+  app.connect("autodoc-process-signature", _nnx_class_signature)
   app.connect("autodoc-process-docstring", _escape_bars)
   app.connect("autodoc-process-signature", _drop_linen_parent)

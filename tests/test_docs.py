@@ -111,3 +111,34 @@ def test_citation_matches_the_version():
   cff = (REPO / "CITATION.cff").read_text()
   assert f"version: {sparseout_jax.__version__}\n" in cff
   assert 'title: "Sparseout: Controlling Sparsity in Deep Networks"' in cff
+
+
+def _conf():
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("docs_conf", DOCS / "conf.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_reference_shows_the_layers_real_signatures():
+  conf = _conf()
+  nnx_sig, _ = conf._nnx_class_signature(
+    None, "class", "", sparseout_jax.nnx.Sparseout, {}, "(*args, **kwargs)", None
+  )
+  assert nnx_sig.startswith("(rate, q=2.0, *, broadcast_dims=()") and "rngs=None" in nnx_sig
+  linen_sig = (
+    "(rate, broadcast_dims=(), *, q=2.0, parent=<flax.linen.module._Sentinel object>, name=None)"
+  )
+  assert conf._drop_linen_parent(None, "class", "", None, {}, linen_sig, None) == (
+    "(rate, broadcast_dims=(), *, q=2.0, name=None)",
+    None,
+  )
+
+
+def test_a_constant_does_not_show_its_types_docstring():
+  conf = _conf()
+  lines = float.__doc__.splitlines()
+  conf._drop_builtin_docstring(None, "data", "", sparseout_jax.ABS_FLOOR, {}, lines)
+  assert lines == []
