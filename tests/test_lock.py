@@ -142,3 +142,19 @@ def test_cli_refuses_a_taken_workdir_in_one_line(tmp_path) -> None:
     holder.wait()
   # The holder is dead now: the same lock is stale and the next launch would take it.
   assert "not running" in lock.stale_reason(live, age_s=0.0)
+
+
+def test_break_removes_only_the_stale_lock_it_read(tmp_path) -> None:
+  """A launch that read a stale lock must not remove the lock another launch took meanwhile."""
+  me = lock.me()
+  fresh = _write(tmp_path, dataclasses.replace(me, token="fresh"))
+  stale = dataclasses.replace(me, pid=_dead_pid(), token="dead")
+  assert lock._break(fresh, stale) and os.path.exists(fresh)
+  _write(tmp_path, stale)
+  assert lock._break(fresh, stale) and not os.path.exists(fresh)
+  guard = _write(
+    tmp_path, me
+  )  # another launch is breaking (its guard is fresh): wait, touch nothing
+  os.rename(guard, guard + ".break")
+  _write(tmp_path, stale)
+  assert not lock._break(fresh, stale) and os.path.exists(fresh)

@@ -15,8 +15,9 @@ crashed host) cannot remove it, so a lock is *stale*, and is taken over, when it
   paused for that long (a suspended job on another host would lose its lock).
 
 The lock file is created whole and atomically (written aside, then hard-linked into place, which
-fails if the name exists, also on NFS); a stale one is renamed aside before a new one is linked, so
-two launches that find the same stale lock cannot both take it. In a multi-process job only process
+fails if the name exists, also on NFS); a stale one is removed only under a second, short-lived
+guard file taken the same way, after reading it again, so two launches that find the same stale
+lock cannot both take it. In a multi-process job only process
 0 takes the lock, for the whole job (:func:`hold_for_job`).
 """
 
@@ -158,18 +159,27 @@ def _create(path: str, holder: Holder) -> bool:
     os.remove(aside)
 
 
-def _break(path: str, stale: Holder) -> None:
-  """Remove the stale lock of ``stale``, unless another launch replaced it meanwhile."""
-  aside = f"{path}.stale.{uuid.uuid4().hex}"
+def _break(path: str, stale: Holder) -> bool:
+  """Remove ``stale``'s lock at ``path``; False if another launch is breaking it at this moment.
+
+  Breakers take ``<path>.break`` first (atomically, like the lock), so only one re-reads the lock
+  and removes it, and only if it still is ``stale``'s: a lock another launch has just taken is
+  never removed. A break guard left by a launch that died while breaking is stale after 10 s.
+  """
+  guard = path + ".break"
+  if not _create(guard, me()):
+    found = _read(guard)
+    if found is not None and stale_reason(found[0], found[1], stale_after_s=10.0) is not None:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(guard)
+    return False
   try:
-    os.rename(path, aside)
-  except FileNotFoundError:  # another launch broke it first
-    return
-  moved = _read(aside)
-  if moved is not None and moved[0].token != stale.token:  # a fresh lock: put it back
-    with contextlib.suppress(FileExistsError):
-      os.link(aside, path)
-  os.remove(aside)
+    found = _read(path)
+    if found is not None and found[0].token == stale.token:
+      os.remove(path)
+  finally:
+    os.remove(guard)
+  return True
 
 
 class WorkdirLock:
@@ -203,7 +213,7 @@ class WorkdirLock:
     """
     os.makedirs(self.workdir, exist_ok=True)
     holder = me()
-    for _ in range(10):  # each pass either takes the lock, refuses, or clears a stale one
+    for _ in range(100):  # each pass takes the lock, refuses, or clears (or waits out) a stale one
       if _create(self.path, holder):
         self.holder = holder
         self._start_heartbeat()
@@ -218,7 +228,8 @@ class WorkdirLock:
           f"workdir {self.workdir} is in use by another run: {other.describe()}{beat} "
           f"(lock {self.path}). Wait for it to end, or use another --workdir."
         )
-      _break(self.path, other)
+      if not _break(self.path, other):
+        time.sleep(0.01)  # another launch is clearing it: look again
     raise LockError(f"could not take the lock {self.path}: other launches keep taking it")
 
   def _start_heartbeat(self) -> None:
