@@ -1,23 +1,28 @@
-"""Flax NNX layers: ``Sparseout`` (a drop-in for ``nnx.Dropout``), ``BridgeoutLinear``, and
-``replace_dropout``, which puts Sparseout into an existing model without editing its code."""
+"""Flax NNX layers: ``Sparseout`` (a drop-in for ``nnx.Dropout``), ``BridgeoutLinear``,
+``attention_fn`` (sparseout on attention weights), and ``replace_dropout``, which puts
+Sparseout into an existing model without editing its code."""
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, MutableSequence, Sequence
+import warnings
+from collections.abc import Callable, MutableMapping, MutableSequence, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from flax.nnx import filterlib, rnglib
 from flax.nnx.module import first_from
+from flax.nnx.nn import attention as nnx_attention
 
 from sparseout_jax import _validate
+from sparseout_jax import attention as _attention
 from sparseout_jax.core import sparseout
 from sparseout_jax.records import RECORD_NAME, sparsity_stats
 from sparseout_jax.variants import bridgeout_dense
 
-__all__ = ["BridgeoutLinear", "Sparseout", "replace_dropout"]
+__all__ = ["BridgeoutLinear", "SparseoutAttention", "Sparseout", "attention_fn", "replace_dropout"]
 
 _NO_DETERMINISTIC = (
   "No `deterministic` argument was provided to {name}. Consider one of the following options:\n"
@@ -58,11 +63,16 @@ def _hyper(value: Any) -> Any:
 
 
 def _checked(value: Any, check) -> Any:
-  """Validates a number, or an nnx.Variable's value where it is concrete; returns ``value``."""
+  """Validates a number, or an nnx.Variable's value where it is concrete; returns ``value``.
+
+  A Variable may hold one value per stacked layer (shape (L,), for ``nnx.scan``); each is
+  checked. Under the scan, each layer's call sees its own scalar.
+  """
   inner = _hyper(value)
   if isinstance(value, nnx.Variable):
     if not _validate.is_traced(inner):
-      check(inner)
+      for v in np.ravel(np.asarray(inner)):
+        check(float(v))
     return value
   return check(value)
 
@@ -136,8 +146,10 @@ class Sparseout(nnx.Dropout):
 
     Args:
       inputs: a floating array.
-      deterministic: overrides the constructor's flag.
-      rngs: a key, RngStream or Rngs; overrides the constructor's.
+      deterministic: overrides the constructor's flag (and ``model.train()`` /
+        ``model.eval()``); if neither is set, an error says how to set it.
+      rngs: a key, RngStream or Rngs; overrides the constructor's stream. Either this or
+        the constructor's ``rngs`` must give a key when not deterministic.
 
     Returns:
       The perturbed inputs (zeros when rate == 1).
@@ -161,32 +173,140 @@ class Sparseout(nnx.Dropout):
     )
 
 
+class SparseoutAttention(nnx.Module):
+  r"""An ``attention_fn`` for ``nnx.MultiHeadAttention``: sparseout on the attention weights.
+
+  Called as Flax's ``nnx.dot_product_attention`` is; computes
+  :func:`sparseout_jax.attention.dot_product_attention` with this module's q. A module
+  rather than a function so that q may be an ``nnx.Variable`` (a schedule; one value per
+  stacked layer under ``nnx.scan``) that NNX carries as state. Made by :func:`attention_fn`.
+
+  Args:
+    q: the norm, > 0 (2 = Flax's attention dropout, bit for bit), a number or an
+      ``nnx.Variable``.
+    gradient: ``"exact"`` or ``"reference"`` derivative rule.
+  """
+
+  def __init__(self, q: float | nnx.Variable, *, gradient: str = "exact"):
+    self.q = _checked(q, _validate.check_q)
+    self.gradient = _validate.check_choice(gradient, "gradient", _validate.GRADIENT_RULES)
+
+  def __call__(self, query: jax.Array, key: jax.Array, value: jax.Array, *args, **kwargs):
+    """Attention of ``query`` over ``key`` and ``value``; the other arguments as Flax's."""
+    return _attention.dot_product_attention(
+      query, key, value, *args, q=_hyper(self.q), gradient=self.gradient, **kwargs
+    )
+
+
+def attention_fn(q: float | nnx.Variable, *, gradient: str = "exact") -> SparseoutAttention:
+  r"""An ``attention_fn`` that applies sparseout, not dropout, to the attention weights.
+
+  Pass it as ``nnx.MultiHeadAttention(..., dropout_rate=r, attention_fn=attention_fn(q))``:
+  the layer's rate, key and mask shape are kept, and each weight becomes
+  w + w**(q/2) eta (see :func:`sparseout_jax.attention.attention_weights_sparseout`). At
+  q = 2 the layer computes Flax's attention dropout bit for bit.
+
+  Args:
+    q: the norm, > 0, a number or an ``nnx.Variable``.
+    gradient: ``"exact"`` or ``"reference"`` derivative rule.
+
+  Returns:
+    A :class:`SparseoutAttention` module, callable as Flax's ``dot_product_attention``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from sparseout_jax.nnx import attention_fn
+    >>> layer = nnx.MultiHeadAttention(2, 8, dropout_rate=0.1, decode=False,
+    ...                                attention_fn=attention_fn(1.5), rngs=nnx.Rngs(0))
+    >>> layer(jnp.ones((1, 4, 8)), deterministic=False).shape
+    (1, 4, 8)
+  """
+  return SparseoutAttention(q, gradient=gradient)
+
+
+def _selector(only: Any) -> Callable[[tuple, Any], bool]:
+  """(path, node) -> bool for ``only``: a path substring, a predicate or any NNX filter."""
+  if isinstance(only, str):
+    return lambda path, node: only in "/".join(map(str, path))
+  return filterlib.to_predicate(only)
+
+
+def _stack_shape(node: nnx.Module) -> tuple[int, ...]:
+  """The layer axes of a module made under ``nnx.vmap``: its own rng stream's key shape.
+
+  A stream made outside any vmap holds one key (shape ()); one made by ``nnx.vmap`` over
+  L layers holds L. A module without a stream gives () (its stacking cannot be seen).
+  """
+  rngs = getattr(node, "rngs", None)
+  if isinstance(rngs, rnglib.RngStream):
+    return tuple(jnp.shape(rngs.key.get_value()))
+  return ()
+
+
+def _fit_to_stack(q: Any, shape: tuple[int, ...], path: tuple) -> None:
+  """Makes a Variable q fit a layer stacked with ``shape``: a scalar is broadcast in place.
+
+  ``nnx.scan`` / ``nnx.vmap`` over a stack split every Variable of its layers along the
+  layer axis, so a value shared by all layers is stored once per layer; the Variable stays
+  the one object every replaced layer holds, so setting ``q[...] = v`` sets every layer.
+  """
+  if not isinstance(q, nnx.Variable):
+    return
+  have = tuple(jnp.shape(q.get_value()))
+  if have == shape:
+    return
+  if have == () and shape:
+    q.set_value(jnp.broadcast_to(q.get_value(), shape) + 0)
+    return
+  where = "/".join(map(str, path))
+  raise ValueError(
+    f"`q` holds shape {have}, but the layer at {where!r} is stacked with shape {shape}: give a "
+    f"scalar Variable (shared) or one value per layer of shape {shape}, one Variable per stack."
+  )
+
+
 def replace_dropout(
   model: nnx.Module,
   q: float | nnx.Variable,
   *,
   gradient: str = "exact",
   record_sparsity: bool = False,
-  only: filterlib.Filter = ...,
+  only: str | filterlib.Filter = ...,
+  attention: bool = True,
 ) -> int:
-  r"""Replaces, in place, every ``nnx.Dropout`` of a model by a :class:`Sparseout` with norm q.
+  r"""Puts sparseout with norm q, in place, wherever a model drops: its ``nnx.Dropout`` layers
+  and the attention dropout of its ``nnx.MultiHeadAttention`` layers.
 
-  Each replacement keeps its Dropout's rate, broadcast dims, deterministic flag, rng
-  collection and rng stream (the same stream object, not a fork), so at q = 2 the model's
-  outputs and gradients are bit-equal before and after. A Dropout shared by several
-  parents is replaced by one Sparseout everywhere. Layers stacked by ``nnx.vmap`` /
-  ``nnx.scan`` are replaced as one layer. Existing Sparseout layers are left alone.
+  Each Dropout becomes a :class:`Sparseout` that keeps its rate, broadcast dims,
+  deterministic flag, rng collection and rng stream (the same stream object, not a fork).
+  Each ``nnx.MultiHeadAttention`` with ``dropout_rate > 0`` and Flax's default
+  ``attention_fn`` gets :func:`attention_fn` (q): the same rate, key and mask, sparseout
+  on the attention weights (``attention=False`` leaves them as dropout). So at q = 2 the
+  model's outputs and gradients are bit-equal before and after. A Dropout shared by
+  several parents is replaced by one Sparseout everywhere. Existing Sparseout layers are
+  left alone.
+
+  Stacked layers (made by ``nnx.vmap``, run by ``nnx.scan``) are replaced as one layer.
+  A Variable q may then be one value per layer (shape (L,)) or a scalar shared by all: a
+  scalar Variable is broadcast in place to (L,), because the scan splits every Variable of
+  the stack along its layer axis; set it with ``q[...] = value``. The stack is recognised
+  by the layer's own rng stream (made under the vmap); a layer without one needs q of
+  shape (L,).
 
   Args:
     model: any NNX module (graph); changed in place.
     q: the norm, > 0, for every replaced layer (a number or an ``nnx.Variable``).
     gradient: ``"exact"`` or ``"reference"`` derivative rule.
-    record_sparsity: passed to every new layer.
-    only: an NNX filter of (path, Dropout) choosing which to replace (default: all),
-      e.g. ``lambda path, m: "attention" in path``.
+    record_sparsity: passed to every new Sparseout layer.
+    only: which layers to replace (default: all). A string selects the layers whose
+      "/"-joined path contains it (``only="mlp"``); a callable ``(path, module) -> bool``
+      or any other NNX filter is applied to (path, layer). A filter that selects nothing
+      raises ``ValueError``; a model with nothing to replace (and no filter) warns.
+    attention: also convert the attention dropout of ``nnx.MultiHeadAttention``.
 
   Returns:
-    How many Dropout layers were replaced.
+    How many layers were converted (Dropouts plus attention layers).
 
   Example:
     >>> from flax import nnx
@@ -200,10 +320,26 @@ def replace_dropout(
   """
   q = _checked(q, _validate.check_q)
   _validate.check_choice(gradient, "gradient", _validate.GRADIENT_RULES)
-  select = filterlib.to_predicate(only)
+  select = _selector(only)
   new: dict[int, Sparseout] = {}
+  attn: dict[int, tuple[tuple, nnx.MultiHeadAttention]] = {}
+  sites = []
   for path, node in nnx.iter_graph(model):
-    if type(node) is nnx.Dropout and select(path, node) and id(node) not in new:
+    is_attn = (
+      attention
+      and isinstance(node, nnx.MultiHeadAttention)
+      and node.attention_fn is nnx_attention.dot_product_attention
+      and node.dropout_rate > 0.0
+    )
+    if type(node) is nnx.Dropout or is_attn:
+      sites.append("/".join(map(str, path)))
+    if not select(path, node) or id(node) in new or id(node) in attn:
+      continue
+    if is_attn:
+      _fit_to_stack(q, _stack_shape(node), path)
+      attn[id(node)] = (path, node)
+    elif type(node) is nnx.Dropout:
+      _fit_to_stack(q, _stack_shape(node), path)
       layer = Sparseout(
         node.rate,
         q,
@@ -217,6 +353,17 @@ def replace_dropout(
       new[id(node)] = layer
   if isinstance(model, nnx.Dropout) and id(model) in new:
     raise TypeError("replace_dropout changes a model in place; pass the module that holds it.")
+  if not new and not attn:
+    if only is not ...:
+      raise ValueError(
+        f"`only`={only!r} selects none of the model's dropout sites {sites[:6]}: give a "
+        f"substring of one of these paths or a predicate (path, module) -> bool."
+      )
+    warnings.warn(
+      "replace_dropout: the model has no nnx.Dropout or attention dropout.", stacklevel=2
+    )
+  for _, node in attn.values():
+    node.attention_fn = nnx.data(attention_fn(q, gradient=gradient))  # a module: q may be state
   for _, parent in list(nnx.iter_graph(model)):
     if not isinstance(parent, nnx.Module):
       continue
@@ -226,7 +373,7 @@ def replace_dropout(
           parent[key] = new[id(child)]
         else:
           setattr(parent, key, new[id(child)])
-  return len(new)
+  return len(new) + len(attn)
 
 
 class BridgeoutLinear(nnx.Module):
