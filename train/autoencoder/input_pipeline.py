@@ -54,11 +54,13 @@ def load_mnist(source: str = "shipped", data_dir: str | None = None) -> dict[str
   if source == "idx":
     if not data_dir:
       raise errors.ConfigError(
-        "config.data_source 'idx' needs config.data_dir: the folder with the four MNIST .gz files"
+        "config.data_source 'idx' needs --config.data_dir=<the folder with the four MNIST .gz files>"
       )
     d = pathlib.Path(data_dir).expanduser()
     if not d.is_dir():
-      raise DataError(f"data_dir {d} is not a folder (it should hold the four MNIST .gz files)")
+      raise DataError(
+        f"--config.data_dir={d} is not a folder (it should hold the four MNIST .gz files)"
+      )
     return {
       "train": _images(d / "train-images-idx3-ubyte.gz"),
       "test": _images(d / "t10k-images-idx3-ubyte.gz"),
