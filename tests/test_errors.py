@@ -28,7 +28,7 @@ def test_rate_out_of_range(p):
   with pytest.raises(ValueError, match=r"`rate`.*\[0, 1\]"):
     so_nnx.Sparseout(p, 1.5)
   with pytest.raises(ValueError, match=r"`rate`.*\[0, 1\]"):
-    so_linen.Sparseout(p, 1.5)
+    so_linen.Sparseout(p, q=1.5)
 
 
 @pytest.mark.parametrize("q", [0.0, -1.0, float("nan"), float("inf")])
@@ -57,7 +57,7 @@ def test_unknown_gradient_and_residual():
   with pytest.raises(ValueError, match=r"`residual` must be one of"):
     sparseout(K, X, 0.5, 1.5, residual="noise")
   with pytest.raises(ValueError, match=r"`gradient`"):
-    so_linen.Sparseout(0.5, 1.5, gradient="nope")
+    so_linen.Sparseout(0.5, q=1.5, gradient="nope")
 
 
 @pytest.mark.parametrize("name", ["p", "q"])
@@ -97,7 +97,7 @@ def test_layer_misuse_messages():
   with pytest.raises(ValueError, match="no `rngs` argument was provided to Sparseout"):
     so_nnx.Sparseout(0.5, 1.5)(X)
   with pytest.raises(Exception, match="deterministic"):
-    so_linen.Sparseout(0.5, 1.5).apply({}, X)
+    so_linen.Sparseout(0.5, q=1.5).apply({}, X)
   assert nn.Dropout  # the Linen error is Flax's own merge_param message
   with pytest.raises(TypeError, match="rngs must be"):
     so_nnx.Sparseout(0.5, 1.5, rngs=3)
