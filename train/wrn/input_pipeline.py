@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Iterator
 
 import numpy as np
+from absl import logging as absl_logging
 
 from train.common import data, datafiles, errors
 
@@ -250,6 +251,8 @@ def read_tfds(name: str, split: str, data_dir: str | None = None) -> ArrayDatase
     import tensorflow_datasets as tfds
   except ImportError as e:
     raise ImportError("source='tfds' needs `pip install tensorflow-datasets`") from e
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # its warnings on a missing dataset: see below
   try:
     # download=False: use prepared data only; a missing dataset is an error here, not a silent download.
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
@@ -269,6 +272,8 @@ def read_tfds(name: str, split: str, data_dir: str | None = None) -> ArrayDatase
       f"{head}, and no TFDS data prepared with `tfds build {name} --file_format=array_record` "
       f"(TFDS says {reason})"
     ) from None
+  finally:
+    absl_logging.set_verbosity(verbosity)
   n = len(source)
   images = np.empty((n,) + IMAGE_SHAPE, np.uint8)
   labels = np.empty((n,), np.int32)
