@@ -137,7 +137,8 @@ def read_idx(path: str | os.PathLike, *, verify: bool | None = None) -> np.ndarr
   Example:
     >>> import pathlib
     >>> from train.common import datafiles
-    >>> shipped = pathlib.Path("data/mnist/t10k-labels-idx1-ubyte.gz")
+    >>> repo = pathlib.Path(datafiles.__file__).resolve().parents[2]
+    >>> shipped = repo / "data" / "mnist" / "t10k-labels-idx1-ubyte.gz"
     >>> datafiles.read_idx(shipped).shape
     (10000,)
   """
