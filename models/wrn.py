@@ -10,6 +10,8 @@ The 3x3 convs pad 1 pixel on every side (PyTorch style), so strided convs see th
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Literal
 
 import jax
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import sparseout_jax.nnx as so_nnx
+from sparseout_jax import remat_policy
 
 Regularizer = Literal["sparseout", "dropout", "none"]
 Placement = Literal["after_relu", "before_bn"]
@@ -30,6 +33,9 @@ HE_NORMAL = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 # BatchNorm scale U[0, 1): the reference's bnparams uses torch.rand(n).
 BN_SCALE_INIT = nnx.initializers.uniform(1.0)
 _PAD1 = ((1, 1), (1, 1))
+
+NoiseFactory = Callable[[], nnx.Module | None]
+"""Makes one block's noise layer (called once per block), or None for no noise."""
 
 
 def _conv(
@@ -93,8 +99,18 @@ def make_regularizer(
 
 
 def _noise_then_conv(noise: nnx.Module, conv: nnx.Conv, x: jax.Array, key: jax.Array) -> jax.Array:
-  """conv(noise(x)) in training: the region ``remat_noise`` recomputes in the backward pass."""
+  """conv(noise(x)) in training: the region that ``remat_noise`` / ``remat_output`` recompute."""
   return conv(noise(x, deterministic=False, rngs=key))
+
+
+# Everything saved but Sparseout's output, which the backward pass recomputes from x and the mask.
+_NOISE_OUTPUT_REMAT = nnx.remat(_noise_then_conv, policy=remat_policy)
+_NOISE_REMAT = nnx.remat(_noise_then_conv)
+
+
+def _named_output(noise: nnx.Module | None) -> bool:
+  """The layer's output is named for ``remat_policy``: Sparseout, unless q is the number 2 (dropout)."""
+  return isinstance(noise, so_nnx.Sparseout) and not (isinstance(noise.q, float) and noise.q == 2.0)
 
 
 class BasicBlock(nnx.Module):
@@ -106,16 +122,13 @@ class BasicBlock(nnx.Module):
     cout: int,
     stride: int,
     *,
-    regularizer: str,
-    rate: float,
-    q: float,
+    noise: NoiseFactory,
     placement: str,
-    gradient: str,
     bn_momentum: float,
     axis_name: str | None,
     dtype: jnp.dtype,
-    record_sparsity: bool = False,
     remat_noise: bool = False,
+    remat_output: bool = True,
     rngs: nnx.Rngs,
   ) -> None:
     """Create the block's two BN-ReLU-conv units, its noise layer and (if widths differ) its shortcut.
@@ -124,28 +137,29 @@ class BasicBlock(nnx.Module):
       cin: input channels.
       cout: output channels.
       stride: stride of the first 3x3 conv and of the shortcut.
-      regularizer: "sparseout", "dropout" or "none".
-      rate: drop probability of the noise layer.
-      q: Sparseout exponent.
+      noise: makes this block's noise layer (``make_regularizer`` with its arguments bound), or
+        returns None for no noise.
       placement: "after_relu" (noise on relu(bn(conv1)), where the WRN reference puts its dropout and paper
         4.3 its Sparseout: between the two convolutions) or "before_bn" (noise on conv1's output before BN; an
         alternative this repository offers for experiments, from neither the paper nor the reference).
-      gradient: Sparseout backward rule.
       bn_momentum: running-average momentum of BatchNorm (Flax convention; 0.9 == PyTorch's 0.1).
       axis_name: pmap axis over which BN batch statistics are averaged (None outside pmap).
       dtype: compute dtype (parameters and BN statistics stay float32).
-      record_sparsity: the noise layer (Sparseout) records the sparsity of its input on every call.
       remat_noise: in training, recompute the noise layer (its mask from the key) and the second
         convolution's input in the backward pass instead of keeping them (``nnx.remat``): the step
         keeps neither the noised activation nor the mask. Same values and gradients.
+      remat_output: in training (``after_relu``, and not ``remat_noise``), recompute only
+        Sparseout's output from its input and mask (``sparseout_jax.remat_policy``): the step keeps
+        the mask and the input, as dropout's keeps the mask and the output. No effect on dropout.
       rngs: parameter initialisation keys.
     """
     self.remat_noise = bool(remat_noise)
+    self.remat_output = bool(remat_output)
     self.bn0 = _bn(cin, bn_momentum, axis_name, dtype, rngs)
     self.conv0 = _conv(cin, cout, 3, stride, dtype, rngs)
     self.bn1 = _bn(cout, bn_momentum, axis_name, dtype, rngs)
     self.conv1 = _conv(cout, cout, 3, 1, dtype, rngs)
-    self.noise = make_regularizer(regularizer, rate, q, gradient, record_sparsity)
+    self.noise = noise()
     self.placement = placement
     self.shortcut = _conv(cin, cout, 1, stride, dtype, rngs) if cin != cout else None
 
@@ -167,7 +181,9 @@ class BasicBlock(nnx.Module):
     o2 = nnx.relu(self.bn1(y, use_running_average=not train))
     after_relu = self.noise is not None and self.placement == "after_relu"
     if after_relu and train and self.remat_noise:
-      z = nnx.remat(_noise_then_conv)(self.noise, self.conv1, o2, key)
+      z = _NOISE_REMAT(self.noise, self.conv1, o2, key)
+    elif after_relu and train and self.remat_output and _named_output(self.noise):
+      z = _NOISE_OUTPUT_REMAT(self.noise, self.conv1, o2, key)
     else:
       if after_relu:
         o2 = self.noise(o2, deterministic=not train, rngs=key)
@@ -194,6 +210,7 @@ class WideResNet(nnx.Module):
     dtype: jnp.dtype = jnp.float32,
     record_sparsity: bool = False,
     remat_noise: bool = False,
+    remat_output: bool = True,
     rngs: nnx.Rngs,
   ) -> None:
     """Build WRN-depth-width.
@@ -213,6 +230,9 @@ class WideResNet(nnx.Module):
       record_sparsity: every Sparseout layer records the sparsity of its input (train and eval).
       remat_noise: every block recomputes its noise and the second conv's input in the backward
         pass rather than keeping them (memory for compute; see ``BasicBlock``).
+      remat_output: every Sparseout block recomputes only the noise's output from its input and
+        mask in the backward pass (default), so a step keeps no more than dropout's (see
+        ``BasicBlock``).
       rngs: parameter initialisation keys (stream "params").
     """
     if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
@@ -229,12 +249,15 @@ class WideResNet(nnx.Module):
       raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if not 0.0 <= float(rate) < 1.0:
       raise ValueError(f"rate (drop probability) must be in [0, 1), got {rate!r}")
-    if not float(q) > 0.0:
-      raise ValueError(f"q must be > 0, got {q!r}")
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
       raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
     self.depth, self.width, self.num_classes = depth, width, num_classes
     self.dtype = dtype
+    # One factory for every block; calling it here checks q and the rule once (the library raises).
+    noise = functools.partial(
+      make_regularizer, regularizer, float(rate), float(q), gradient, record_sparsity
+    )
+    noise()
     n = (depth - 4) // 6
     widths = (16, 16 * width, 32 * width, 64 * width)
     self.stem = _conv(3, widths[0], 3, 1, dtype, rngs)
@@ -247,16 +270,13 @@ class WideResNet(nnx.Module):
             cin,
             widths[group + 1],
             stride if i == 0 else 1,
-            regularizer=regularizer,
-            rate=float(rate),
-            q=float(q),
+            noise=noise,
             placement=placement,
-            gradient=gradient,
             bn_momentum=bn_momentum,
             axis_name=axis_name,
             dtype=dtype,
-            record_sparsity=record_sparsity,
             remat_noise=remat_noise,
+            remat_output=remat_output,
             rngs=rngs,
           )
         )

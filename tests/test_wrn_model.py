@@ -193,14 +193,28 @@ def test_train_without_key_is_a_clear_error() -> None:
     _tiny()(_images(1), train=True)
 
 
+# (remat_noise, remat_output) -> tensors of the first block's shape no longer kept, by regulariser:
+# the output remat recomputes Sparseout's output only (dropout has no named output); the noise
+# remat recomputes the noised activation and the mask.
+_REMATS = {"plain": (False, False), "output": (False, True), "noise": (True, False)}
+_FEWER = {"sparseout": {"output": 1, "noise": 2}, "dropout": {"output": 0, "noise": 2}}
+
+
 @pytest.mark.parametrize("regularizer", ["sparseout", "dropout"])
 def test_remat_noise_same_values_fewer_saved_activations(regularizer: str, capsys) -> None:
   from jax.ad_checkpoint import print_saved_residuals
 
   x, key = _images(2), jax.random.key(42)
   results, saved = {}, {}
-  for remat in (False, True):
-    model = _tiny(regularizer=regularizer, q=1.5, rate=0.3, remat_noise=remat, record_sparsity=True)
+  for name, (remat_noise, remat_output) in _REMATS.items():
+    model = _tiny(
+      regularizer=regularizer,
+      q=1.5,
+      rate=0.3,
+      remat_noise=remat_noise,
+      remat_output=remat_output,
+      record_sparsity=True,
+    )
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(p, graphdef=graphdef, rest=rest):
@@ -208,15 +222,14 @@ def test_remat_noise_same_values_fewer_saved_activations(regularizer: str, capsy
       out, records = nnx.capture(m, nnx.Intermediate)(x, train=True, key=key)
       return jnp.sum(out**2), records
 
-    results[remat] = jax.value_and_grad(loss, has_aux=True)(params)
+    results[name] = jax.value_and_grad(loss, has_aux=True)(params)
     print_saved_residuals(lambda p, loss=loss: loss(p)[0], params)
     # The first block's noised activation: (2, 8, 8, 16), float32 and its bool mask.
-    saved[remat] = sum("[2,8,8,16]" in line for line in capsys.readouterr().out.splitlines())
-  (l0, r0), g0 = results[False]
-  (l1, r1), g1 = results[True]
-  assert np.array_equal(np.asarray(l0), np.asarray(l1))
-  # The recomputed region is compiled as one program, the eager path op by op: rounding apart.
-  for a, b in zip(jax.tree.leaves((g0, r0)), jax.tree.leaves((g1, r1)), strict=True):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-  # Neither the noised activation nor the mask is kept (2 fewer tensors of the block's shape).
-  assert saved[True] == saved[False] - 2, saved
+    saved[name] = sum("[2,8,8,16]" in line for line in capsys.readouterr().out.splitlines())
+  # Eagerly, a rematerialised region runs as one compiled program and the plain path op by op:
+  # XLA may fuse and round them differently (the loss was seen one ulp apart on one CPU), so
+  # the values agree to float32 rounding, which is all remat promises.
+  for name in ("output", "noise"):
+    for a, b in zip(jax.tree.leaves(results["plain"]), jax.tree.leaves(results[name]), strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert saved[name] == saved["plain"] - _FEWER[regularizer][name], saved
