@@ -30,6 +30,7 @@ from train.common import step as step_lib
 
 STEPS, EPOCHS = 6, 3
 N = jax.local_device_count() * 2  # rows per batch: two per device
+MESH = parallel.make_mesh()
 
 
 def _config(**kw) -> ml_collections.ConfigDict:
@@ -47,26 +48,30 @@ def _program(config, poison_step: int | None = None, on_setup=None, stop_after: 
   tx = step_lib.optimizer(optax.sgd(0.05, momentum=0.9), bool(config.skip_nonfinite))
 
   def loss_fn(params, state, batch, key):
-    noise = 0.01 * jax.random.normal(key, batch["y"].shape)  # per-device keys feed the loss
+    noise = 0.01 * jax.random.normal(key, batch["y"].shape)  # the step's key feeds the loss
     return jnp.mean((batch["x"] @ params["w"] - batch["y"] + noise) ** 2), ({}, {})
 
-  pstep = step_lib.pmap_train_step(
-    step_lib.make_train_step(loss_fn, tx, skip_nonfinite=bool(config.skip_nonfinite))
+  params = {"w": jnp.zeros(4)}
+  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  state = parallel.put_replicated(state, MESH)
+  jstep = step_lib.jit_train_step(
+    step_lib.make_train_step(loss_fn, tx, skip_nonfinite=bool(config.skip_nonfinite)),
+    parallel.shardings(state),
   )
-  key = jax.random.key(1)
+  key = parallel.replicate_key(jax.random.key(1), MESH)
 
   def batches(epoch, start):
     for i in range(start, STEPS):
       g = epoch * STEPS + i
       xb = x[g].copy()
-      if poison_step is not None and g + 1 == poison_step:
+      if g + 1 in np.atleast_1d(poison_step if poison_step is not None else []):
         xb[0, 0] = np.nan
-      yield parallel.shard({"x": xb, "y": y[g]})
+      yield parallel.put_batch({"x": xb, "y": y[g]}, MESH)
 
   def evaluate(rstate, info):
     if on_setup is not None and info.epoch == 0:
       on_setup()  # the untrained model's evaluation runs before the first step
-    w = np.asarray(parallel.unreplicate(rstate["params"])["w"])
+    w = parallel.to_host(rstate["params"])["w"]
     return {"eval/loss": float(np.mean((x[0] @ w - y[0]) ** 2)), "epoch/seconds": info.seconds}
 
   program = loop.Program(
@@ -75,13 +80,11 @@ def _program(config, poison_step: int | None = None, on_setup=None, stop_after: 
     num_epochs=EPOCHS,
     steps_in_epoch=lambda e: STEPS,
     batches=batches,
-    train_step=lambda r, b: pstep(r, b, key),
+    train_step=lambda r, b: jstep(r, b, key),
     evaluate=evaluate,
     evaluate_untrained=True,
     end_epoch=None if stop_after is None else lambda r, row, h: (r, row["epoch"] == stop_after),
   )
-  params = {"w": jnp.zeros(4)}
-  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
   return program, state
 
 
@@ -92,7 +95,7 @@ def _run(workdir, poison_step=None, on_setup=None, stop_after=None, **kw):
 
 
 def _w(result) -> np.ndarray:
-  return np.asarray(parallel.unreplicate(result.state["params"])["w"])
+  return parallel.to_host(result.state["params"])["w"]
 
 
 def _tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
@@ -160,6 +163,28 @@ def test_nonfinite_step_is_skipped_and_counted(tmp_path) -> None:
   a = _run(tmp_path / "a", max_steps=8, skip_nonfinite=True)
   b = _run(tmp_path / "b", poison_step=9, max_steps=9, skip_nonfinite=True)
   np.testing.assert_array_equal(_w(a), _w(b))
+
+
+def test_an_epoch_of_skipped_steps_is_logged_as_such_and_the_run_finishes(tmp_path) -> None:
+  epoch2 = list(range(STEPS + 1, 2 * STEPS + 1))  # every step of the second epoch
+  out = _run(tmp_path, poison_step=epoch2, skip_nonfinite=True)
+  assert out.finished and out.skipped_steps == STEPS
+  row = out.history[2]
+  assert row["epoch/skipped_steps"] == STEPS and "epoch/train_loss" not in row
+  assert "epoch/train_loss" in out.history[3]
+  assert _run(tmp_path, skip_nonfinite=True).finished  # a rerun has nothing left to do
+
+
+def test_restore_best_picks_the_best_checkpoint(tmp_path) -> None:
+  out = _run(tmp_path, checkpoint_every_epochs=1)
+  config = _config()
+  _, template = _program(config)
+  best_epoch = min(out.history[1:], key=lambda r: r["eval/loss"])["epoch"]
+  state, meta = loop.restore(str(tmp_path), template, best=True, best_metric="eval/loss")
+  assert meta["epoch"] == best_epoch
+  latest, meta = loop.restore(str(tmp_path), template)
+  assert meta["epoch"] == EPOCHS
+  np.testing.assert_array_equal(parallel.to_host(latest["params"])["w"], _w(out))
 
 
 def test_checkpoint_resumes_across_the_nonfinite_mode(tmp_path) -> None:

@@ -1,9 +1,11 @@
 """2 processes x 2 CPU devices (jax.distributed + gloo) train exactly like 1 process x 4 devices.
 
-Each program's tiny config runs a few steps in both topologies on the same global batch; the final
-checkpoints are compared leaf by leaf. The only arithmetic that may differ between the topologies is
-the order in which the cross-device all-reduce (``lax.pmean`` of the gradients) adds the 4 devices'
-values: XLA's in-process CPU all-reduce and gloo's cross-process one may group them differently. A
+Each program's tiny config runs a few steps in both topologies on the same global batch, with the
+noise on (the masks are drawn for the global batch, so both topologies draw the same ones); the
+final checkpoints are compared leaf by leaf. The only arithmetic that may differ between the
+topologies is the order in which the cross-device all-reduces (the gradients' sums over the
+batch) add the 4 devices' values: XLA's in-process CPU all-reduce and gloo's cross-process one may
+group them differently. A
 probe measures that order; where both topologies round the probe alike the parameters must be
 bit-equal, otherwise they must agree to float32 rounding (``RTOL``/``ATOL`` below) and differ by far
 less than training moved them. A last test SIGTERMs one process of a 2-process job and resumes it.
@@ -81,9 +83,14 @@ def _latest(directory: str) -> tuple[int, dict, dict]:
   """(step, state, meta) of the newest checkpoint in ``directory``, as numpy, without a target tree."""
   with ocp.CheckpointManager(directory, item_names=("state", "meta")) as m:
     step = m.latest_step()
+    # Numpy targets: the arrays were written from another topology's devices.
+    shapes = m.item_metadata(step)["state"]
+    target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
     r = m.restore(
       step,
-      args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+      ),
     )
   return step, jax.tree.map(np.asarray, r.state), dict(r.meta)
 

@@ -1,4 +1,4 @@
-"""Tests of train/wrn: the pmapped step keeps devices in sync, the loss falls, resume == uninterrupted."""
+"""Tests of train/wrn: the jitted step keeps the state replicated, the loss falls, resume == uninterrupted."""
 
 from __future__ import annotations
 
@@ -32,25 +32,44 @@ def uninterrupted(tmp_path_factory, datasets):
   return train.train_and_evaluate(_config(), workdir, datasets=datasets)
 
 
-def test_train_step_keeps_every_device_identical(datasets) -> None:
+def test_train_step_over_the_mesh_keeps_the_state_replicated(datasets) -> None:
   config = _config()
   n = jax.local_device_count()
   assert n >= 4, "tests/conftest.py should give 8 CPU devices"
-  graphdef, state, tx = train.init_state(config, 10, 4)
-  train_step, _ = train.make_steps(graphdef, tx, False)
+  mesh = parallel.make_mesh()
+  graphdef, state, tx = train.init_state(config, 10, 4, mesh)
+  train_step, _ = train.make_steps(graphdef, tx, False, state)
   batch = next(
     augment.raw_train_batches(datasets["train"], global_batch=config.batch_size, seed=0, epoch=0)
   )
-  rstate, m = train_step(parallel.replicate(state), parallel.shard(batch), jax.random.key(0))
+  key = parallel.replicate_key(jax.random.key(0), mesh)
+  state, m = train_step(state, parallel.put_batch(batch, mesh), key)
   for name in ("params", "batch_stats", "opt_state"):
-    for leaf in jax.tree.leaves(rstate[name]):
-      leaf = np.asarray(leaf)
-      for d in range(1, n):
-        np.testing.assert_array_equal(leaf[d], leaf[0], err_msg=name)
-  assert np.all(np.asarray(m["ok"])) and np.isfinite(np.asarray(m["loss"])).all()
+    for leaf in jax.tree.leaves(state[name]):
+      assert leaf.is_fully_replicated and len(leaf.sharding.device_set) == n, name
+      for shard in leaf.addressable_shards[1:]:
+        np.testing.assert_array_equal(shard.data, leaf.addressable_shards[0].data, err_msg=name)
+  assert bool(m["ok"]) and np.isfinite(float(m["loss"]))
   # The BN running means moved (momentum 0.9 from 0), i.e. the statistics were updated in the step.
-  bn = np.asarray(jax.tree.leaves(rstate["batch_stats"])[0])[0]
+  bn = parallel.to_host(jax.tree.leaves(state["batch_stats"])[0])
   assert np.abs(bn).max() > 0
+
+
+@pytest.mark.slow
+def test_epochs_whose_steps_were_all_skipped_are_logged_plotted_and_rerun(
+  tmp_path, datasets
+) -> None:
+  # lr 1e30: the first step's update makes every later loss non-finite, so epochs 2 and 3 skip
+  # every step; the run must finish, plot, and a rerun must find nothing left to do.
+  config = _config(learning_rate=1e30, skip_nonfinite=True)
+  out = train.train_and_evaluate(config, str(tmp_path), datasets=datasets)
+  assert out["skipped_steps"] == 11 and [r["epoch"] for r in out["history"]] == [1, 2, 3]
+  assert "epoch/train_error" in out["history"][0]
+  assert all("epoch/train_error" not in r for r in out["history"][1:])
+  assert os.path.getsize(tmp_path / "test_error.png") > 1000
+  again = train.train_and_evaluate(config, str(tmp_path), datasets=datasets)
+  assert again["steps"] == 12
+  assert json.dumps(again["history"]) == json.dumps(out["history"])  # (NaN != NaN)
 
 
 def test_training_loss_falls_and_outputs_are_written(uninterrupted) -> None:

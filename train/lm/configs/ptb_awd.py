@@ -61,7 +61,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_epochs = 500
   c.max_steps_per_epoch = 0  # 0: whole epochs (benchmarks cut them)
   c.seed = 141
-  c.num_devices = 0  # 0: every local device; n: the first n (single process only)
   # Run control: checkpoint_every_epochs, skip_nonfinite, max_steps, log_every, progress,
   # record_sparsity (train/common/run_control.py).
   run_control.add_run_control(c)

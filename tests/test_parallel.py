@@ -1,10 +1,9 @@
-"""train.common.parallel and train.common.data: pmap helpers on 4 CPU devices, process sharding."""
+"""train.common.parallel and train.common.data: the data mesh on 4 CPU devices, process sharding."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 
 from train.common import data, parallel
 
@@ -23,56 +22,43 @@ def _loss(w, x, y):
   return jnp.mean((x @ w - y) ** 2)
 
 
-def test_pmap_step_equals_full_batch_step(devices):
-  """A pmapped SGD step with pmean'd gradients equals one step on the whole batch."""
+def test_jit_step_over_the_mesh_equals_the_unsharded_step(devices):
+  """An SGD step jitted over a 4-device mesh (batch split, weights replicated) equals the step on
+  one device, to the all-reduce's rounding; the result stays replicated."""
   rng = np.random.default_rng(0)
   x = rng.normal(size=(32, 5)).astype(np.float32)
   y = rng.normal(size=(32, 3)).astype(np.float32)
   w = rng.normal(size=(5, 3)).astype(np.float32)
 
   def step(w, batch):
-    g = jax.grad(_loss)(w, batch["x"], batch["y"])
-    return w - 0.1 * parallel.pmean(g)
+    return w - 0.1 * jax.grad(_loss)(w, batch["x"], batch["y"])
 
-  p_step = jax.pmap(step, axis_name=parallel.AXIS, devices=devices)
-  w_rep = parallel.replicate(w, devices)
-  assert w_rep.shape == (N_DEV, 5, 3)
-  out = p_step(w_rep, parallel.shard({"x": x, "y": y}, N_DEV))
+  mesh = parallel.make_mesh(N_DEV)
+  w_rep = parallel.put_replicated(w, mesh)
+  batch = parallel.put_batch({"x": x, "y": y}, mesh)
+  assert batch["x"].sharding.spec[0] == parallel.AXIS
+  assert [s.data.shape for s in batch["x"].addressable_shards] == [(8, 5)] * N_DEV
+  out = jax.jit(step, out_shardings=parallel.replicated(mesh))(w_rep, batch)
   want = w - 0.1 * jax.grad(_loss)(w, x, y)
-  np.testing.assert_allclose(parallel.unreplicate(out), want, rtol=1e-5, atol=1e-6)
-  # every device holds the same copy after the pmean
-  np.testing.assert_array_equal(np.asarray(out)[0], np.asarray(out)[N_DEV - 1])
+  np.testing.assert_allclose(parallel.to_host(out), want, rtol=1e-5, atol=1e-6)
+  assert out.is_fully_replicated
 
 
-def test_shard_unshard_roundtrip_and_error():
-  x = np.arange(24).reshape(12, 2)
-  s = parallel.shard({"x": x}, 4)
-  assert s["x"].shape == (4, 3, 2)
-  np.testing.assert_array_equal(parallel.unshard(s)["x"], x)
+def test_put_batch_splits_the_named_axis_and_checks_divisibility(devices):
+  mesh = parallel.make_mesh(N_DEV)
+  x = np.arange(2 * 12).reshape(2, 12)  # time-major: the batch is axis 1
+  g = parallel.put_batch(x, mesh, axis=1)
+  assert g.shape == (2, 12) and [s.data.shape for s in g.addressable_shards] == [(2, 3)] * N_DEV
+  np.testing.assert_array_equal(parallel.to_host(g), x)
   with pytest.raises(ValueError, match="not divisible"):
-    parallel.shard({"x": x}, 5)
+    parallel.put_batch(np.zeros(6), mesh)
+  with pytest.raises(ValueError, match="num_devices"):
+    parallel.make_mesh(jax.local_device_count() + 1)
 
 
-def test_device_keys_are_distinct_and_deterministic(devices):
-  f = jax.pmap(
-    lambda dummy, k: jax.random.key_data(parallel.device_key(k)),
-    axis_name=parallel.AXIS,
-    in_axes=(0, None),
-    devices=devices,
-  )
-  dummy = np.zeros(N_DEV)
-  a = np.asarray(f(dummy, jax.random.key(3)))
-  assert len({tuple(r) for r in a}) == N_DEV
-  np.testing.assert_array_equal(a, np.asarray(f(dummy, jax.random.key(3))))
-  want = np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(3), 2)))
-  np.testing.assert_array_equal(a[2], want)
-
-
-def test_axis_index_matches_device_position(devices):
-  f = jax.pmap(
-    lambda x: x * 0 + lax.axis_index(parallel.AXIS), axis_name=parallel.AXIS, devices=devices
-  )
-  np.testing.assert_array_equal(np.asarray(f(np.zeros(N_DEV))), np.arange(N_DEV))
+def test_the_mesh_spans_every_device_by_default():
+  assert parallel.make_mesh().devices.size == jax.device_count()
+  assert parallel.make_mesh(2).shape == {parallel.AXIS: 2}
 
 
 def test_process_shards_make_up_the_global_batch():

@@ -1,6 +1,7 @@
 """train.common.checkpoint, guard, metrics, preemption: round trips and clear failures (the loop's
 non-finite policy is tested in test_loop.py)."""
 
+import json
 import os
 import signal
 
@@ -11,7 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
-from train.common import checkpoint, guard, metrics, plots, preemption
+from train.common import checkpoint, guard, metrics, parallel, plots, preemption
 
 
 def _state(seed):
@@ -20,11 +21,10 @@ def _state(seed):
   return model, opt
 
 
-def test_checkpoint_roundtrip_state_meta_rng(tmp_path):
+def test_checkpoint_roundtrip_state_and_meta(tmp_path):
   model, opt = _state(0)
-  key = jax.random.key(42)
   ckpt = checkpoint.Checkpointer(tmp_path / "ckpt", best_metric="loss")
-  meta = {"epoch": 3, "step_in_epoch": 7, "rng": checkpoint.key_to_json(key)}
+  meta = {"epoch": 3, "step_in_epoch": 7}
   assert ckpt.save(10, nnx.state((model, opt)), meta=meta, metrics={"loss": 1.0})
   assert not ckpt.save(10, nnx.state((model, opt)), meta=meta)  # same step: no-op
 
@@ -34,11 +34,38 @@ def test_checkpoint_roundtrip_state_meta_rng(tmp_path):
   nnx.update((fresh_model, fresh_opt), state)
   np.testing.assert_array_equal(fresh_model.kernel[...], model.kernel[...])
   assert got_meta["epoch"] == 3 and got_meta["step_in_epoch"] == 7 and got_meta["step"] == 10
-  restored_key = checkpoint.key_from_json(got_meta["rng"])
-  np.testing.assert_array_equal(jax.random.key_data(restored_key), jax.random.key_data(key))
-  np.testing.assert_array_equal(
-    jax.random.uniform(restored_key, (3,)), jax.random.uniform(key, (3,))
-  )
+
+
+def test_global_arrays_are_written_from_their_shards_and_restored_with_the_target_sharding(
+  tmp_path,
+):
+  mesh = parallel.make_mesh(4)
+  carry = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+  state = {
+    "w": parallel.put_replicated(np.ones((2, 2), np.float32), mesh),
+    "carry": parallel.put_sharded(carry, mesh),
+  }
+  ckpt = checkpoint.Checkpointer(tmp_path)
+  ckpt.save(1, state)
+  target = {
+    "w": parallel.put_replicated(np.zeros((2, 2), np.float32), mesh),
+    "carry": parallel.put_sharded(np.zeros_like(carry), mesh),
+  }
+  got, _ = ckpt.restore(target)
+  assert got["carry"].sharding == target["carry"].sharding and got["w"].is_fully_replicated
+  np.testing.assert_array_equal(parallel.to_host(got["carry"]), carry)
+
+
+def test_a_checkpoint_of_the_per_device_programs_is_refused_in_one_line(tmp_path):
+  ckpt = checkpoint.Checkpointer(tmp_path)
+  ckpt.save(3, {"w": np.zeros(2, np.float32)})
+  meta_file = tmp_path / "3" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  del meta["format"]  # as the pmap-era programs wrote it
+  meta_file.write_text(json.dumps(meta))
+  with pytest.raises(checkpoint.CheckpointError, match="earlier version") as e:
+    checkpoint.Checkpointer(tmp_path).restore({"w": np.zeros(2, np.float32)})
+  assert "\n" not in str(e.value)
 
 
 def test_checkpoint_keeps_latest_and_best(tmp_path):

@@ -1,0 +1,155 @@
+"""The same run on 1, 2, 4 or 8 devices, with the noise on: every program's jitted step over the mesh.
+
+Each program's step is ``jax.jit`` over a ``("data",)`` mesh with the global batch split over it;
+the noise masks are drawn for the global batch (each device making its shard's bits of the same
+draw) and BatchNorm sees the global batch's statistics. So the arithmetic is the same on any
+number of devices except the order in which the all-reduces add the devices' partial sums: the
+parameters after a few steps agree to float32 rounding carried through those steps. The
+tolerances below are that, stated per program (measured values in docs/scaling.md), and every
+test also checks that training moved the parameters far more than the tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from train.common import data, parallel
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PTB = os.path.join(REPO, "..", "shared", "data", "ptb")
+COUNTS = (1, 2, 4, 8)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def eight():
+  if len(jax.local_devices()) < 8:
+    pytest.fail("needs the 8 CPU devices of tests/conftest.py")
+
+
+def _max_diff(a, b) -> float:
+  return max(
+    float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  )
+
+
+def _check(finals: dict[int, dict], initial: dict, atol: float, name: str) -> None:
+  """Every device count's parameters equal the 1-device ones within ``atol``; training moved them."""
+  diffs = {n: _max_diff(finals[n], finals[1]) for n in finals}
+  moved = _max_diff(finals[1], initial)
+  print(f"{name}: max |params(n) - params(1)| {diffs}, moved {moved:.3g}")
+  assert moved > 100 * atol, moved
+  for n, d in diffs.items():
+    assert d <= atol, (n, d)
+
+
+def _autoencoder(num_devices: int, steps: int):
+  from train.autoencoder import input_pipeline, train
+  from train.autoencoder.configs import default
+
+  c = default.get_config()
+  c.hidden, c.batch_size, c.regularizer, c.rate, c.q = 32, 64, "sparseout", 0.5, 1.5
+  mesh = parallel.make_mesh(num_devices)
+  graphdef, params, rest = nnx.split(train.build_model(c), nnx.Param, ...)
+  initial = jax.tree.map(np.asarray, params)
+  tx = train.make_optimizer(c)
+  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  state = parallel.put_replicated(state, mesh)
+  step, _ = train.make_steps(graphdef, rest, tx, c, parallel.shardings(state))
+  x = input_pipeline.load_mnist("shipped")["train"]
+  key = parallel.replicate_key(jax.random.key(0), mesh)
+  for batch in list(data.iterate_epoch({"x": x}, 64, 0, 0))[:steps]:
+    state, m = step(state, parallel.put_batch(batch, mesh), key)
+  assert bool(m["ok"])
+  return parallel.to_host(state["params"]), initial
+
+
+def test_autoencoder_with_sparseout_is_the_same_on_1_2_4_8_devices() -> None:
+  # 5 Adam steps: a last-bit change in a gradient moves an update by ~1 ulp of lr (1e-3), so a few
+  # 1e-7 per step; measured 1.3e-6.
+  finals = {}
+  for n in COUNTS:
+    finals[n], initial = _autoencoder(n, steps=5)
+  _check(finals, initial, atol=1e-5, name="autoencoder")
+
+
+def _wrn(num_devices: int, steps: int):
+  from train.wrn import augment, train
+  from train.wrn.configs import tiny
+
+  c = tiny.get_config()
+  c.num_devices = num_devices
+  mesh = parallel.make_mesh(num_devices)
+  ds = train.load_datasets(c)["train"]
+  graphdef, state, tx = train.init_state(c, 10, 4, mesh)
+  initial = parallel.to_host(state["params"])
+  step, _ = train.make_steps(graphdef, tx, False, state)
+  key = parallel.replicate_key(jax.random.key(0), mesh)
+  batches = augment.raw_train_batches(ds, global_batch=c.batch_size, seed=0, epoch=0)
+  for batch in list(batches)[:steps]:
+    state, m = step(state, parallel.put_batch(batch, mesh), key)
+  assert bool(m["ok"])
+  return parallel.to_host({"params": state["params"], "bn": state["batch_stats"]}), {
+    "params": initial,
+    "bn": parallel.to_host(state["batch_stats"]),
+  }
+
+
+@pytest.mark.slow
+def test_wrn_with_sparseout_is_the_same_on_1_2_4_8_devices() -> None:
+  finals = {}
+  for n in COUNTS:
+    finals[n], initial = _wrn(n, steps=3)
+  initial["bn"] = finals[1]["bn"]  # (the BN statistics are compared, not used for "moved")
+  _check(finals, initial, atol=WRN_ATOL, name="wrn")
+
+
+# BatchNorm over 16 images amplifies a last-bit difference of the batch moments; 3 SGD steps at
+# lr 0.1. Measured 1.2e-7 (docs/scaling.md).
+WRN_ATOL = 1e-5
+
+
+def _lm(num_devices: int, steps: int):
+  from train.lm import input_pipeline as ip
+  from train.lm import train
+  from train.lm.configs import tiny
+
+  c = tiny.get_config()
+  c.data_dir, c.num_devices, c.variable_bptt = PTB, num_devices, False
+  c.q = 1.5  # Sparseout at every site (the tiny config's q = 2 is dropout)
+  mesh = parallel.make_mesh(num_devices)
+  corpus = ip.load_corpus(c.dataset, c.data_dir)
+  graphdef, host, tx = train.init_state(c, len(corpus.vocab))
+  state = train.place(host, mesh)
+  step = train.make_train_step(graphdef, tx, c, state)
+  key = parallel.replicate_key(jax.random.key(0), mesh)
+  streams = ip.batchify(corpus.train[:20_000], c.batch_size)
+  for begin, length in ip.train_windows(streams, c.bptt, c.seed, 1, False)[:steps]:
+    w = ip.make_window(streams, begin, length, c.bptt_bucket)
+    batch = parallel.put_batch({"x": w.inputs, "y": w.targets}, mesh, axis=1)
+    batch["length"] = parallel.put_replicated(np.int32(w.length), mesh)
+    state, m = step(state, batch, key)
+  assert bool(m["ok"])
+  return parallel.to_host({"params": state["params"], "carry": state["carry"]}), {
+    "params": host["params"],
+    "carry": parallel.to_host(state["carry"]),
+  }
+
+
+@pytest.mark.slow
+def test_lm_with_sparseout_is_the_same_on_1_2_4_8_devices() -> None:
+  if not os.path.isdir(PTB):
+    pytest.fail(f"no PTB at {PTB}")
+  finals = {}
+  for n in COUNTS:
+    finals[n], initial = _lm(n, steps=3)
+  initial["carry"] = finals[1]["carry"]
+  # 3 clipped SGD steps at lr 30 through an LSTM; a last-bit difference in a gradient moves an
+  # update by ~1 ulp of lr * |g|. Measured 4.8e-7 with q = 2 (docs/scaling.md).
+  _check(finals, initial, atol=1e-5, name="lm")
