@@ -125,12 +125,25 @@ def _ae_config(**kw):
 # ----------------------------------------------------------------------------- command line
 
 
-def _run(workdir: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def _env() -> dict[str, str]:
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
   env.pop("SPARSEOUT_TRACEBACK", None)
-  cmd = [sys.executable, "-m", "train.autoencoder.main", f"--workdir={workdir}", *TINY, *args]
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  return env
+
+
+def _cmd(workdir: str, *args: str, module: str = "train.autoencoder.main") -> list[str]:
+  tiny = TINY if module == "train.autoencoder.main" else []
+  return [sys.executable, "-m", module, f"--workdir={workdir}", *tiny, *args]
+
+
+def _run(
+  workdir: str, *args: str, module: str = "train.autoencoder.main", **kwargs
+) -> subprocess.CompletedProcess:
+  """The program's command line in a subprocess (``kwargs`` to ``subprocess.run``)."""
+  kwargs.setdefault("timeout", 600)
+  cmd = _cmd(workdir, *args, module=module)
+  return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, **kwargs)
 
 
 def _assert_clean_error(p: subprocess.CompletedProcess, *needles: str) -> None:
@@ -239,11 +252,8 @@ def test_cli_truncated_checkpoint_exits_cleanly(one_epoch, tmp_path) -> None:
 
 
 def _start(workdir: str, *args: str) -> subprocess.Popen:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  env.pop("SPARSEOUT_TRACEBACK", None)
-  cmd = [sys.executable, "-m", "train.autoencoder.main", f"--workdir={workdir}", *TINY, *args]
   return subprocess.Popen(
-    cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    _cmd(workdir, *args), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
   )
 
 
@@ -296,18 +306,7 @@ def test_cli_out_of_space_is_one_line_and_resumable(one_epoch, tmp_path, what) -
   # metrics: the next row of metrics.jsonl does.
   size = os.path.getsize(os.path.join(workdir, "metrics.jsonl"))
   limit = {"checkpoint": 100_000, "metrics": size + 50}[what]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  env.pop("SPARSEOUT_TRACEBACK", None)
-  cmd = [sys.executable, "-m", "train.autoencoder.main", f"--workdir={workdir}", *TINY]
-  p = subprocess.run(
-    [*cmd, "--config.num_epochs=2"],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    preexec_fn=_limited(limit),
-  )
+  p = _run(workdir, "--config.num_epochs=2", preexec_fn=_limited(limit))
   _assert_clean_error(p, "out of disk space writing in", workdir, "File too large")
   assert len(p.stderr.splitlines()) <= 3, p.stderr[-3000:]
   assert {k: v for k, v in _tree_sha(ckpt_dir).items() if k.startswith("10/")} == before
@@ -329,15 +328,9 @@ def test_cli_damaged_corpus_and_missing_cifar_folder(tmp_path) -> None:
   train_txt.chmod(0o644)
   with open(train_txt, "r+b") as f:
     f.truncate(int(os.path.getsize(train_txt) * 0.6))
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  env.pop("SPARSEOUT_TRACEBACK", None)
-
-  def run(module: str, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", module, f"--workdir={tmp_path / module}", *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-
-  lm = ("train.lm.main", "--config=train/lm/configs/tiny.py", "--config.max_steps=2")
-  _assert_clean_error(run(*lm, f"--config.data_dir={data}"), str(train_txt), "truncated")
-  assert not os.path.exists(tmp_path / "train.lm.main" / "metrics.jsonl")
-  p = run("train.wrn.main", f"--config.data_dir={tmp_path / 'nope'}")
+  lm = ("--config=train/lm/configs/tiny.py", "--config.max_steps=2", f"--config.data_dir={data}")
+  p = _run(str(tmp_path / "lm"), *lm, module="train.lm.main")
+  _assert_clean_error(p, str(train_txt), "truncated")
+  assert not os.path.exists(tmp_path / "lm" / "metrics.jsonl")
+  p = _run(str(tmp_path / "wrn"), f"--config.data_dir={tmp_path / 'nope'}", module="train.wrn.main")
   _assert_clean_error(p, f"--config.data_dir={tmp_path / 'nope'} does not exist")

@@ -82,6 +82,7 @@ def define_flags(default_config: str) -> None:
   if not os.path.isabs(default_config):
     default_config = os.path.join(os.path.dirname(__file__), "..", "..", default_config)
     default_config = os.path.normpath(default_config)
+  errors.install()  # before config_error runs the config file: a SyntaxError there is one line
   message = config_error(sys.argv[1:], default_config)
   if message:
     sys.exit(message)
