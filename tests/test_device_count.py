@@ -11,18 +11,16 @@ test also checks that training moved the parameters far more than the tolerance.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from data_root import DATA, need
 from flax import nnx
 
 from train.common import data, parallel
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PTB = os.path.join(REPO, "..", "shared", "data", "ptb")
+PTB = str(DATA / "ptb")
 COUNTS = (1, 2, 4, 8)
 
 
@@ -144,8 +142,7 @@ def _lm(num_devices: int, steps: int):
 
 @pytest.mark.slow
 def test_lm_with_sparseout_is_the_same_on_1_2_4_8_devices() -> None:
-  if not os.path.isdir(PTB):
-    pytest.fail(f"no PTB at {PTB}")
+  need("ptb")
   finals = {}
   for n in COUNTS:
     finals[n], initial = _lm(n, steps=3)

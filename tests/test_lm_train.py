@@ -19,6 +19,7 @@ PTB = str(DATA / "ptb")
 
 
 def _config(**kw):
+  need("ptb")  # every run here reads PTB
   c = tiny.get_config()
   c.data_dir = PTB
   for k, v in kw.items():
