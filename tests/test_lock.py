@@ -158,3 +158,9 @@ def test_break_removes_only_the_stale_lock_it_read(tmp_path) -> None:
   os.rename(guard, guard + ".break")
   _write(tmp_path, stale)
   assert not lock._break(fresh, stale) and os.path.exists(fresh)
+
+
+def test_unwritable_workdir_is_one_line(tmp_path) -> None:
+  (tmp_path / "file").write_text("")  # a workdir under a file cannot be made (even by root)
+  with pytest.raises(lock.LockError, match="cannot write the lock file .*file/run/.lock: "):
+    lock.WorkdirLock(str(tmp_path / "file" / "run")).acquire()

@@ -209,8 +209,15 @@ class WorkdirLock:
     """Take the lock, taking over a stale one.
 
     Raises:
-      LockError: a running process holds it (the message names host, pid and since when).
+      LockError: a running process holds it (the message names host, pid and since when), or the
+        lock file cannot be written (a read-only folder, a full disk).
     """
+    try:
+      self._acquire()
+    except OSError as e:
+      raise LockError(f"cannot write the lock file {self.path}: {e.strerror}") from None
+
+  def _acquire(self) -> None:
     os.makedirs(self.workdir, exist_ok=True)
     holder = me()
     for _ in range(100):  # each pass takes the lock, refuses, or clears (or waits out) a stale one
