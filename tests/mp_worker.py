@@ -15,13 +15,15 @@ import sys
 
 sys.path.insert(0, os.getcwd())
 
+from data_root import DATA  # tests/, this script's folder, is on sys.path
+
 from train.common import distributed
 
 # 1, 2^-24, 2^-24, 2^-24 in float32: left to right the sum stays 1.0, pairwise it is 1 + 2^-23. So the
 # probe tells which order this topology's all-reduce adds the devices' values in.
 PROBE = [1.0, 2.0**-24, 2.0**-24, 2.0**-24]
 
-PTB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "ptb")
+PTB = str(DATA / "ptb")  # the tests' data folder (SPARSEOUT_DATA, else ../shared/data)
 
 
 def tiny_config(program: str):

@@ -26,10 +26,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from data_root import DATA, need
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "mp_worker.py")
-PTB = os.path.join(REPO, "..", "shared", "data", "ptb")
+PTB = str(DATA / "ptb")
 PROGRAMS = ("autoencoder", "lm", "wrn")
 # A few float32 ulps of the gradients' all-reduce, carried through <= 5 optimizer steps (Adam divides
 # by sqrt(v), so a 1-ulp change in a gradient moves an update by ~1 ulp of lr; SGD likewise).
@@ -141,7 +142,7 @@ def _initial(program: str):
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_two_processes_train_like_one(runs, program) -> None:
   if program not in runs["programs"].split(","):
-    pytest.fail(f"{program}: its data is not here (PTB is expected at {PTB})")
+    need("ptb")  # the one program left out is the LM, for want of PTB
   bit_equal = _probe(runs["one"]) == _probe(runs["two"])
   s1, state1, meta1 = _latest(os.path.join(runs["one"], program, "checkpoints"))
   s2, state2, meta2 = _latest(os.path.join(runs["two"], program, "checkpoints"))
