@@ -164,3 +164,10 @@ def test_unwritable_workdir_is_one_line(tmp_path) -> None:
   (tmp_path / "file").write_text("")  # a workdir under a file cannot be made (even by root)
   with pytest.raises(lock.LockError, match="cannot write the lock file .*file/run/.lock: "):
     lock.WorkdirLock(str(tmp_path / "file" / "run")).acquire()
+
+
+def test_another_pid_namespace_counts_as_another_host() -> None:
+  """A container on this host sees other pids: its holder's liveness is judged by the heartbeat."""
+  other = dataclasses.replace(lock.me(), pid=_dead_pid(), pid_ns="pid:[1]", token="container")
+  assert lock.stale_reason(other, age_s=5.0, stale_after_s=60.0) is None
+  assert "no heartbeat" in lock.stale_reason(other, age_s=61.0, stale_after_s=60.0)

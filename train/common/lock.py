@@ -6,11 +6,12 @@ would both append to ``metrics.jsonl`` and race on the checkpoints. :func:`hold`
 an error, SIGTERM/SIGINT through the preemption handler). A process killed outright (SIGKILL, a
 crashed host) cannot remove it, so a lock is *stale*, and is taken over, when its holder is dead:
 
-- same host (and the same boot): the holder's pid is gone, or now belongs to a process that started
-  later (a reused pid);
+- same host (the same boot and pid namespace): the holder's pid is gone, or now belongs to a process
+  that started later (a reused pid);
 - same host name but another boot: the machine restarted since;
-- another host sharing the workdir (a network file system): the holder touches the lock file every
-  ``heartbeat_s`` seconds; a lock not touched for ``stale_after_s`` seconds (default 300) is stale.
+- another host sharing the workdir (a network file system), or another container of this one: the
+  holder touches the lock file every ``heartbeat_s`` seconds (default 30); a lock not touched for
+  ``stale_after_s`` seconds (default 300) is stale.
   This assumes the hosts' clocks agree to well within that time, and that a living holder is never
   paused for that long (a suspended job on another host would lose its lock).
 
@@ -55,6 +56,7 @@ class Holder:
   boot_id: str = ""
   start: int | None = None  # the process's start time in clock ticks after boot (Linux)
   token: str = ""
+  pid_ns: str = ""  # containers on one host share its boot but not their pids (Linux)
 
   def describe(self) -> str:
     """``'pid 123 on host h, since 2026-12-03 09:41:07 UTC'``."""
@@ -66,6 +68,13 @@ def _boot_id() -> str:
   try:
     with open("/proc/sys/kernel/random/boot_id") as f:
       return f.read().strip()
+  except OSError:
+    return ""
+
+
+def _pid_namespace() -> str:
+  try:
+    return os.readlink("/proc/self/ns/pid")
   except OSError:
     return ""
 
@@ -94,7 +103,13 @@ def me() -> Holder:
   """This process as a :class:`Holder` (a fresh token each call)."""
   pid = os.getpid()
   return Holder(
-    socket.gethostname(), pid, time.time(), _boot_id(), _start_ticks(pid), uuid.uuid4().hex
+    socket.gethostname(),
+    pid,
+    time.time(),
+    _boot_id(),
+    _start_ticks(pid),
+    uuid.uuid4().hex,
+    _pid_namespace(),
   )
 
 
@@ -115,14 +130,15 @@ def stale_reason(holder: Holder, age_s: float, stale_after_s: float = STALE_AFTE
     True
   """
   here = me()
-  if holder.host == here.host and holder.boot_id == here.boot_id:
+  same_pids = holder.boot_id == here.boot_id and holder.pid_ns == here.pid_ns
+  if holder.host == here.host and same_pids:
     if not _alive(holder.pid):
       return f"pid {holder.pid} is not running"
     start = _start_ticks(holder.pid)
     if holder.start is not None and start is not None and start != holder.start:
       return f"pid {holder.pid} is now another process"
     return None
-  if holder.host == here.host and holder.boot_id and here.boot_id:
+  if holder.host == here.host and holder.boot_id and here.boot_id != holder.boot_id:
     return "the host restarted since"
   if age_s > stale_after_s:
     return f"no heartbeat for {age_s:.0f} s (> {stale_after_s:.0f} s)"
@@ -140,7 +156,7 @@ def _read(path: str) -> tuple[Holder, float] | None:
   try:
     return Holder(**json.loads(text)), age
   except (ValueError, TypeError):  # not written by this module: keep it, name it
-    return Holder(host="?", pid=-1, since=os.stat(path).st_mtime, token="?"), age
+    return Holder(host="?", pid=-1, since=time.time() - age, token="?"), age
 
 
 def _create(path: str, holder: Holder) -> bool:
