@@ -117,22 +117,6 @@ def medians(samples: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, f
   return {n: {c: statistics.median(v) for c, v in s.items() if v} for n, s in samples.items()}
 
 
-def interleaved_medians(
-  fns: dict[str, Callable[[], object]], rounds: int = 7
-) -> dict[str, tuple[float, float]]:
-  """Median (wall, process-CPU) seconds per call of each function, in alternating rounds.
-
-  The call count of each function is calibrated once (about 0.15 s per sample), after one warm-up
-  call that also compiles it.
-  """
-  runners = {k: repeat(fn) for k, fn in fns.items()}
-  for run in runners.values():
-    run(1)
-  units = {k: calibrate(run) for k, run in runners.items()}
-  med = medians(alternating_rounds(runners, rounds, units))
-  return {k: (m["wall"], m["cpu"]) for k, m in med.items()}
-
-
 def jitted_vjp(layer: Callable) -> Callable:
   """jit of f(key, x, w) = (layer(key, x), w^T d layer / dx): one forward + backward to time."""
 

@@ -84,13 +84,12 @@ def _latest(directory: str) -> tuple[int, dict, dict]:
   """(step, state, meta) of the newest checkpoint in ``directory``, as numpy, without a target tree."""
   with ocp.CheckpointManager(directory, item_names=("state", "meta")) as m:
     step = m.latest_step()
-    # Numpy targets: the arrays were written from another topology's devices.
-    shapes = m.item_metadata(step)["state"]
-    target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
+    # Read onto this process's first device: the arrays were written from another topology's.
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     r = m.restore(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+        state=ocp.args.StandardRestore(fallback_sharding=one), meta=ocp.args.JsonRestore()
       ),
     )
   return step, jax.tree.map(np.asarray, r.state), dict(r.meta)

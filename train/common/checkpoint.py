@@ -46,11 +46,14 @@ def to_host(tree: PyTree) -> PyTree:
   return parallel.to_host(tree)
 
 
-def _abstract(leaf: Any) -> Any:
-  """The restore target of one leaf: its shape, dtype and sharding for a global array, else numpy."""
+def _abstract(leaf: Any) -> jax.ShapeDtypeStruct:
+  """The restore target of one leaf: a global array's shape, dtype and sharding; a host leaf goes to
+  this process's first device (then back to numpy), whatever devices wrote it."""
   if isinstance(leaf, jax.Array):
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
-  return np.asarray(leaf)
+  a = np.asarray(leaf)
+  one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one)
 
 
 def state_digest(tree: PyTree) -> str:
@@ -215,7 +218,9 @@ class Checkpointer:
         f"checkpoint {self.path(step)} was written by an earlier version of the programs "
         "(per-device pmap layout, format 1) and cannot be resumed; use a new --workdir."
       )
-    state = restored.state
+    state = jax.tree.map(
+      lambda t, x: x if isinstance(t, jax.Array) else np.asarray(x), target, restored.state
+    )
     _check_same_structure(target, state, self.path(step))
     want = meta.get("state_sha256")
     if want is not None and state_digest(to_host(state)) != want:

@@ -36,7 +36,6 @@ from ml_collections import config_flags
 
 from models import lstm_lm
 from sparseout_jax import hoyer_sparsity
-from train.common import checkpoint as ckpt_lib
 from train.common import metrics as metrics_lib
 from train.common import plots
 from train.common import study as st
@@ -133,18 +132,13 @@ def latest_params(config: ml_collections.ConfigDict, workdir: str, vocab_size: i
   The restore template is the program's own state (``train.init_state``, the optimizer state as
   checkpoints hold it); the parameters are the NT-ASGD average once it switched, as the program's.
   """
-  from train.common import step as step_lib
+  from train.common import loop
   from train.lm import train
 
   graphdef, state, _ = train.init_state(config, vocab_size)
-  target = {**state, "opt_state": step_lib.inner_opt_state(state["opt_state"])}
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), best_metric="eval/ppl")
-  try:
-    restored, _ = ckpt.restore(target)
-  finally:
-    ckpt.close()
-  chosen = restored["avg"] if bool(restored["asgd"]) else restored["params"]
-  return graphdef, jax.tree.map(jnp.asarray, chosen)
+  restored, _ = loop.restore(workdir, state)
+  params, _ = train.averaged(restored)
+  return graphdef, jax.tree.map(jnp.asarray, params)
 
 
 def train_with_sparsity(cfg: ml_collections.ConfigDict, workdir: str, every: int, data) -> None:
@@ -166,12 +160,6 @@ def train_with_sparsity(cfg: ml_collections.ConfigDict, workdir: str, every: int
     st.release_compiled()  # each chunk compiles its own programs
 
 
-def _value(row: dict[str, Any], name: str, earlier: str) -> Any:
-  """A metric under the program's name, or under its name before the shared loop (issue 10), so
-  the metrics files kept in docs/results/ read too."""
-  return row[name] if name in row else row[earlier]
-
-
 def read_run(workdir: str) -> dict[str, Any]:
   """One finished run's numbers, all read from its files.
 
@@ -180,19 +168,17 @@ def read_run(workdir: str) -> dict[str, Any]:
     "best_epoch", "sparsity": [{"epoch", "sites"}]}``.
   """
   rows = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  epochs = [r for r in rows if "eval/ppl" in r or "epoch/valid_ppl" in r]
-  final = [r for r in rows if "test/ppl" in r or "final/test_ppl" in r][-1]
+  epochs = [r for r in rows if "eval/ppl" in r]
+  final = [r for r in rows if "test/ppl" in r][-1]
   sp_path = os.path.join(workdir, "sparsity.jsonl")
   return {
-    "epochs": [int(_value(r, "epoch", "epoch/epoch")) for r in epochs],
-    "valid_ppl": [_value(r, "eval/ppl", "epoch/valid_ppl") for r in epochs],
-    "train_ppl": [
-      math.exp(min(r["epoch/train_nll"], 50.0)) if "epoch/train_nll" in r else r["epoch/train_ppl"]
-      for r in epochs
-    ],
-    "best_valid_ppl": _value(final, "test/valid_ppl", "final/valid_ppl"),
-    "test_ppl": _value(final, "test/ppl", "final/test_ppl"),
-    "best_epoch": int(_value(final, "test/best_epoch", "final/best_epoch")),
+    "epochs": [int(r["epoch"]) for r in epochs],
+    "valid_ppl": [r["eval/ppl"] for r in epochs],
+    # (an epoch whose steps were all skipped has no train loss: nan)
+    "train_ppl": [math.exp(min(r.get("epoch/train_nll", math.nan), 50.0)) for r in epochs],
+    "best_valid_ppl": final["test/valid_ppl"],
+    "test_ppl": final["test/ppl"],
+    "best_epoch": int(final["test/best_epoch"]),
     "sparsity": metrics_lib.read_jsonl(sp_path) if os.path.exists(sp_path) else [],
   }
 

@@ -103,25 +103,19 @@ def measure_sparsity(
   return {site: {k: v / len(test) for k, v in s.items()} for site, s in total.items()}
 
 
-def _metric(row: dict[str, Any], *names: str) -> float:
-  """The first of ``names`` present in a metrics row (the program's names before and after the
-  shared loop of issue 10: ``test_error`` became ``eval/error``)."""
-  return next(row[n] for n in names if n in row)
-
-
 def read_run(workdir: str) -> dict[str, Any]:
   """One finished run's numbers from its files: test error curve (metrics.jsonl) and sparsity."""
   rows = [
     r
     for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-    if "test_error" in r or "eval/error" in r
+    if "eval/error" in r
   ]
   with open(os.path.join(workdir, "sparsity.json")) as f:
     sparsity = json.load(f)
   return {
     "epochs": [int(r["epoch"]) for r in rows],
-    "test_error": [_metric(r, "test_error", "eval/error") for r in rows],
-    "train_error": [_metric(r, "train_error", "epoch/train_error") for r in rows],
+    "test_error": [r["eval/error"] for r in rows],
+    "train_error": [r.get("epoch/train_error", float("nan")) for r in rows],
     "sparsity": sparsity,
   }
 
