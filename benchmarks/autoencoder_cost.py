@@ -1,6 +1,6 @@
 """Table 1 (paper section 4.2): training cost of backprop, dropout, sparseout and Bridgeout autoencoders.
 
-For H in (1024, 2048) it builds the autoencoder program's own pmapped train step for each method,
+For H in (1024, 2048) it builds the autoencoder program's own train step (jitted over the device mesh) for each method,
 compiles it, then times windows of training steps on MNIST in rounds that alternate the methods
 (so a background load hits all of them alike). Reported per method: the median seconds per step over
 the rounds, the seconds per epoch it implies (steps per epoch x median; an epoch is
@@ -39,6 +39,7 @@ METHODS = (
 )
 PAPER = {1024: (5.2, 5.3, 5.8, 31.6), 2048: (5.6, 5.6, 6.0, 57.2)}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+MESH = parallel.make_mesh()
 
 
 def _setup(hidden: int, regularizer: str, q: float, rate: float, batch: int):
@@ -48,8 +49,9 @@ def _setup(hidden: int, regularizer: str, q: float, rate: float, batch: int):
   graphdef, params, rest = nnx.split(train.build_model(cfg), nnx.Param, ...)
   tx = train.make_optimizer(cfg)
   state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-  step, _ = train.make_steps(graphdef, rest, tx, cfg)
-  return parallel.replicate(state), step
+  state = parallel.put_replicated(state, MESH)
+  step, _ = train.make_steps(graphdef, rest, tx, cfg, parallel.shardings(state))
+  return state, step
 
 
 def _window(state, step, batches, key):
@@ -124,8 +126,10 @@ def main() -> None:
     images = input_pipeline.load_mnist("shipped")["train"]
     source = f"shipped t10k split ({len(images)})"
   steps_per_epoch = data.steps_per_epoch(len(images), args.batch)
-  batches = [parallel.shard(b) for b in data.iterate_epoch({"x": images}, args.batch, 0, 0)]
-  key = jax.random.key(0)
+  batches = [
+    parallel.put_batch(b, MESH) for b in data.iterate_epoch({"x": images}, args.batch, 0, 0)
+  ]
+  key = parallel.replicate_key(jax.random.key(0), MESH)
   dev = jax.devices()[0]
   machine = f"{dev.platform}: {getattr(dev, 'device_kind', '')}; {platform.processor() or platform.machine()}"
   if dev.platform == "cpu":

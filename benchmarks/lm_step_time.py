@@ -1,6 +1,6 @@
 """AWD-LSTM train-step time: Sparseout vs Flax dropout, alternating in one process.
 
-Builds the real pmapped train step of ``train/lm`` for each variant (same model size, same
+Builds the real train step of ``train/lm`` (jitted over the device mesh) for each variant (same model size, same
 real PTB windows, same keys) and times rounds of ``--steps`` steps, rotating the variant order
 every round so that load changes on a shared machine hit every variant alike. Reports tokens/s
 per variant and the step-time ratio to dropout (median over rounds).
@@ -18,8 +18,10 @@ import statistics
 import time
 
 import jax
+import numpy as np
 
 from benchmarks import _timing
+from train.common import parallel
 from train.lm import input_pipeline as ip
 from train.lm import train
 from train.lm.configs import ptb_awd, ptb_small
@@ -53,23 +55,24 @@ def main() -> None:
   corpus = ip.load_corpus("ptb", a.data_dir)
   streams = ip.batchify(corpus.train, base.batch_size)
   windows = [ip.make_window(streams, s, a.bptt) for s in range(0, 40 * a.bptt, a.bptt)]
-  n_dev = jax.local_device_count()
+  mesh = parallel.make_mesh()
 
   runners = {}
   for name in names:
     c = base.copy_and_resolve_references()
     for k, v in VARIANTS[name].items():
       c[k] = v
-    graphdef, state, tx = train.init_state(c, len(corpus.vocab))
-    step = train.make_train_step(graphdef, tx, c)
-    st = [train.Layout(jax.local_devices(), c.batch_size).to_device(state)]
-    runners[name] = (step, st)
+    graphdef, state, tx = train.init_state(c, len(corpus.vocab), mesh)
+    step = train.make_train_step(graphdef, tx, c, state)
+    runners[name] = (step, [state])
 
   def run(name: str, i: int) -> float:
     step, st = runners[name]
     w = windows[i % len(windows)]
-    st[0], m = step(st[0], train.device_batch(w, n_dev), jax.random.key(i))
-    return float(m["loss"][0])
+    batch = parallel.put_batch({"x": w.inputs, "y": w.targets}, mesh, axis=1)
+    batch["length"] = parallel.put_replicated(np.int32(w.length), mesh)
+    st[0], m = step(st[0], batch, parallel.replicate_key(jax.random.key(i), mesh))
+    return float(m["loss"])
 
   t0 = time.time()
   for name in names:  # compile + one warm step each

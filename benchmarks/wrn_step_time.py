@@ -1,7 +1,7 @@
 """WRN training-step time: Sparseout against Flax Dropout (and no noise), measured in one process.
 
-For each model (default WRN-28-10 and WRN-16-4) it builds the training program's own pmapped step
-(``train.wrn.train.make_steps``: forward, backward, pmean, SGD nesterov update, BN statistics) for each
+For each model (default WRN-28-10 and WRN-16-4) it builds the training program's own step, jitted over the
+device mesh (``train.wrn.train.make_steps``: forward, backward, SGD nesterov update, BN statistics) for each
 regulariser, compiles them all, then times ``--steps`` steps per variant in ``--rounds`` rounds, the
 variant order rotating every round so a background load hits all alike. Reported: the median seconds per step
 and images/s of each variant, and the sparseout/dropout ratio as the median of the per-round ratios (each round
@@ -50,15 +50,16 @@ def build(
   c.depth, c.width, c.batch_size, c.dtype = depth, width, batch, dtype
   for k, v in overrides.items():
     c[k] = v
-  graphdef, state, tx = train.init_state(c, 10, 390)
-  train_step, _ = train.make_steps(graphdef, tx, False)
+  mesh = parallel.make_mesh()
+  graphdef, state, tx = train.init_state(c, 10, 390, mesh)
+  train_step, _ = train.make_steps(graphdef, tx, False, state)
   ds = input_pipeline.synthetic(batch, 10, seed=0)
   host_batch = next(augment.raw_train_batches(ds, global_batch=batch, seed=0, epoch=0))
-  sharded = jax.device_put(parallel.shard(host_batch))
-  key = jax.random.key(0)
-  box = {"state": parallel.replicate(state)}
+  sharded = parallel.put_batch(host_batch, mesh)
+  key = parallel.replicate_key(jax.random.key(0), mesh)
+  box = {"state": state}
   flops = float("nan")
-  if cost_analysis:  # a second compilation (the AOT path does not share pmap's cache), so opt-in
+  if cost_analysis:  # a second compilation (the AOT path does not share jit's cache), so opt-in
     try:
       cost = train_step.lower(box["state"], sharded, key).compile().cost_analysis()
       cost = cost[0] if isinstance(cost, list) else cost

@@ -140,3 +140,16 @@ def test_gpu_suite_smoke_writes_every_table_with_this_runs_numbers(tmp_path):
       for noise, stats in by_noise.items():
         assert stats["temp"] > 0 and stats["argument"] > 0
         assert temps[(model, dtype, noise)] == pytest.approx(stats["temp"] / 2**20, abs=0.06)
+
+
+def test_report_writes_the_command_date_and_machine_with_the_numbers(tmp_path):
+  from benchmarks import report
+
+  meta = report.metadata(None, note="x")
+  assert {"command", "date", "platform", "devices", "cpu", "jax"} <= set(meta)
+  md = report.table(("a", "b"), [(1, report.ratio_cell({"median": 1.0, "ci": (0.9, 1.2)}))])
+  path = report.write(str(tmp_path), "t", meta, {"a": 1}, md, "Title line.\n\nMore.")
+  text = open(path).read()
+  assert text.startswith("# Title line.") and meta["command"] in text
+  assert "| 1 | 1.000 [0.900, 1.200] |" in text
+  assert json.load(open(tmp_path / "t.json"))["results"] == {"a": 1}
