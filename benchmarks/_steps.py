@@ -22,7 +22,7 @@ from models.wrn import WideResNet
 
 NOISES = ("none", "dropout", "sparseout")
 # The WRN also times Sparseout with the block's noise recomputed in the backward (remat_noise).
-WRN_NOISES = (*NOISES, "sparseout_remat")
+WRN_NOISES = (*NOISES, "sparseout_remat", "sparseout_keep")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ def wrn_program(
 
   Args:
     noise: "none", "dropout", "sparseout" (in every block, after the second ReLU) or
-      "sparseout_remat" (the same, ``remat_noise=True``).
+      "sparseout_remat" (the same, ``remat_noise=True``) or "sparseout_keep" (``remat_output=False``).
     dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
     depth, width: the WRN's size.
     batch: images per step.
@@ -77,11 +77,12 @@ def wrn_program(
       depth,
       width,
       10,
-      regularizer=noise.removesuffix("_remat"),
+      regularizer=noise.removesuffix("_remat").removesuffix("_keep"),
       rate=rate,
       q=q,
       dtype=jnp.dtype(dtype),
       remat_noise=noise.endswith("_remat"),
+      remat_output=not noise.endswith("_keep"),  # "_keep": Sparseout's output kept, not recomputed
       rngs=nnx.Rngs(0),
     )
 

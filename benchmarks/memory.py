@@ -8,6 +8,12 @@ divided by the number of noised elements of one step, is the price of the noise 
 
   python -m benchmarks.memory                      # WRN-28-10 at batch 128, AWD-LSTM at 20 x 70
   python -m benchmarks.memory --models lstm --dtypes float32
+  python -m benchmarks.memory --noises none,dropout,sparseout,sparseout_keep,sparseout_remat
+
+Noises: "sparseout" is the WRN's default (its output recomputed from input and mask,
+``sparseout_jax.remat_policy``), "sparseout_keep" keeps the output (``remat_output=False``),
+"sparseout_remat" recomputes the noise and mask too (``remat_noise=True``); a model skips the
+noises it does not have.
 
 Writes ``benchmarks/results/memory_<platform>.{md,json}``.
 """
@@ -24,10 +30,15 @@ import jax
 from benchmarks import _steps
 
 MODELS = {
-  "wrn": ("WRN-28-10, batch 128", lambda noise, dtype: _steps.wrn_program(noise, dtype)),
+  "wrn": (
+    "WRN-28-10, batch 128",
+    lambda noise, dtype: _steps.wrn_program(noise, dtype),
+    _steps.WRN_NOISES,
+  ),
   "lstm": (
     "AWD-LSTM (PTB), batch 20 x bptt 70",
     lambda noise, dtype: _steps.lstm_program(noise, dtype),
+    _steps.NOISES,
   ),
 }
 
@@ -117,9 +128,9 @@ def main() -> None:
       ap.error(f"--models: unknown {m!r}; choose from {tuple(MODELS)}")
   table: dict = {}
   for m in a.models.split(","):
-    label, make = MODELS[m]
+    label, make, known = MODELS[m]
     for dtype in a.dtypes.split(","):
-      for noise in a.noises.split(","):
+      for noise in [n for n in a.noises.split(",") if n in known]:
         t0 = time.perf_counter()
         stats, _ = measure(make(noise, dtype))
         table.setdefault(label, {}).setdefault(dtype, {})[noise] = stats

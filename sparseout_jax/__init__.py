@@ -8,6 +8,7 @@ module's ``replace_dropout`` puts Sparseout into an existing model.
 from sparseout_jax.core import (
   ABS_FLOOR,
   CHECKPOINT_NAME,
+  MASK_NAME,
   remat_policy,
   sparseout,
   sparseout_with_mask,
@@ -19,6 +20,7 @@ from sparseout_jax.variants import bridgeout_dense, embedding_sparseout, weight_
 __all__ = [
   "ABS_FLOOR",
   "CHECKPOINT_NAME",
+  "MASK_NAME",
   "bridgeout_dense",
   "embedding_sparseout",
   "hoyer_sparsity",

@@ -21,21 +21,29 @@ ABS_FLOOR = 1e-12
 below 1e12 for every q > 0, so the gradient is finite at x = 0."""
 
 CHECKPOINT_NAME = "sparseout"
-"""The name (``jax.ad_checkpoint.checkpoint_name``) of every sparseout output with q != 2."""
+"""The ``jax.ad_checkpoint.checkpoint_name`` of every sparseout output with q != 2: a policy such
+as ``jax.checkpoint_policies.save_only_these_names(CHECKPOINT_NAME)`` keeps it."""
 
-_SAVE_ALL_BUT_OUTPUT = jax.checkpoint_policies.save_anything_except_these_names(CHECKPOINT_NAME)
+MASK_NAME = "sparseout_mask"
+"""The ``checkpoint_name`` of sparseout's keep mask (q != 2, ``residual="mask"``), which
+:func:`remat_policy` saves."""
+
+_POLICY = jax.checkpoint_policies.save_from_both_policies(
+  jax.checkpoint_policies.dots_saveable, jax.checkpoint_policies.save_only_these_names(MASK_NAME)
+)
 
 
 def remat_policy(prim: Any, *args: Any, **params: Any) -> bool:
-  """A ``jax.checkpoint`` policy that saves everything except sparseout's output.
+  """A ``jax.checkpoint`` policy: keep sparseout's 1-byte mask and the results of matmuls and
+  convolutions; recompute the elementwise rest, sparseout's output among it.
 
-  Under ``jax.checkpoint(f, policy=remat_policy)`` (or ``nnx.remat`` / ``nn.remat`` with
-  ``policy=``), the backward pass recomputes each sparseout output y from x and the
-  1-byte mask, which it keeps anyway, instead of keeping y (2 or 4 bytes an element); every
-  other value is saved as without remat. Where the next layer keeps y for its own
-  derivative (a convolution, a matmul), this saves y's bytes at the cost of one
-  elementwise pass; a step then keeps no more than dropout's step does, which keeps y and
-  the mask. At q = 2 (the dropout path) nothing is named and everything is saved.
+  Wrap sparseout and the layer that consumes its output, e.g. ``nnx.remat(lambda x:
+  conv(noise(x)), policy=remat_policy)``: that layer's backward pass needs y, which is
+  then recomputed from x and the mask (one elementwise pass) instead of kept (2 or 4 bytes
+  an element), so the step keeps x and the mask where dropout's keeps y and the mask. At
+  q = 2 (dropout, Flax's operations) nothing is named and the mask is recomputed from the
+  key. (A save-everything-but-y policy cannot do this: JAX saves the value from the
+  operation that produced it.)
 
   Args:
     prim: the primitive (as every ``jax.checkpoint`` policy receives it).
@@ -55,7 +63,7 @@ def remat_policy(prim: Any, *args: Any, **params: Any) -> bool:
     >>> g.shape
     (3, 2)
   """
-  return _SAVE_ALL_BUT_OUTPUT(prim, *args, **params)
+  return _POLICY(prim, *args, **params)
 
 
 def _compute_dtype(dtype: jnp.dtype) -> jnp.dtype:
@@ -230,7 +238,8 @@ def sparseout(
   ``linearize`` and ``hessian`` work too. No derivative flows to p or q. On CPU an
   optimization barrier separates the forward pass from its recomputation; on GPU and TPU
   XLA fuses the two into one pass over memory (chosen when the program is lowered). The
-  output (q != 2) is named ``CHECKPOINT_NAME`` for :func:`remat_policy`.
+  output (q != 2) is named ``CHECKPOINT_NAME`` and its mask ``MASK_NAME``, for
+  :func:`remat_policy`.
 
   The mask is drawn with x's sharding (broadcast dims replicated), so under a mesh each
   device draws only its shard's random bits. Half-precision inputs are computed in
@@ -285,6 +294,7 @@ def sparseout(
   p_arg, q_arg = (0.0, 0.0) if static else _traced_pair(p, q)
   op = _op(gradient == "exact", residual, *((p, q) if static else (None, None)), shape)
   src = rng if residual == "key" else draw_mask(rng, 1.0 - (p if static else p_arg), x, shape)
+  src = src if residual == "key" else checkpoint_name(src, MASK_NAME)
   return checkpoint_name(op(x, src, p_arg, q_arg), CHECKPOINT_NAME)
 
 
@@ -344,9 +354,10 @@ def sparseout_with_mask(
   x = _validate.check_float_array(x, "x")
   if isinstance(p, float) and p == 1.0:
     return jnp.zeros_like(x)
+  if isinstance(p, float) and isinstance(q, float) and q == 2.0:
+    return lax.select(jnp.broadcast_to(mask, x.shape), x / (1.0 - p), jnp.zeros_like(x))
+  mask = checkpoint_name(jnp.asarray(mask), MASK_NAME)
   if isinstance(p, float) and isinstance(q, float):
-    if q == 2.0:
-      return lax.select(jnp.broadcast_to(mask, x.shape), x / (1.0 - p), jnp.zeros_like(x))
     y = _op(gradient == "exact", "mask", p, q, x.shape)(x, mask, 0.0, 0.0)
   else:
     p_arg, q_arg = _traced_pair(p, q)
