@@ -5,8 +5,8 @@ import ml_collections
 from train.wrn.configs import wrn28_10_cifar10
 
 
-def get_config() -> ml_collections.ConfigDict:
-  """Return the paper's CIFAR-100 config."""
-  c = wrn28_10_cifar10.get_config()
+def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
+  """Return the paper's CIFAR-100 config (``variant="wrn_reference"``: the WRN reference's batch)."""
+  c = wrn28_10_cifar10.get_config(variant)
   c.dataset = "cifar100"
   return c
