@@ -208,7 +208,7 @@ class Checkpointer:
       )
     except Exception as e:  # orbax raises many types; the user needs the file and the reason.
       raise CheckpointError(
-        f"cannot restore checkpoint {self.path(step)}: {type(e).__name__}: {str(e)[:500]}\n"
+        f"cannot restore checkpoint {self.path(step)}: {errors.one_line(e)}\n"
         "The checkpoint is truncated, corrupted or from a different model/config; delete that "
         "folder to fall back to an earlier checkpoint, or use a new --workdir."
       ) from None

@@ -113,6 +113,34 @@ def reporting_full_disk(workdir: str) -> Iterator[None]:
     ) from None
 
 
+def one_line(exc: BaseException, limit: int = 400) -> str:
+  """``exc`` and the errors it was raised from, as one line: each one's type and first line.
+
+  Library errors can span dozens of lines (orbax appends a whole TensorStore spec); the cause at
+  the end of the chain usually says what is wrong with the file.
+
+  Example:
+    >>> from train.common import errors
+    >>> try:
+    ...   try:
+    ...     raise ValueError("byte range [5, 9) is not valid\\nfor size 4")
+    ...   except ValueError as inner:
+    ...     raise RuntimeError("cannot read array. Details:\\n{spec}") from inner
+    ... except RuntimeError as e:
+    ...   errors.one_line(e)
+    'RuntimeError: cannot read array. Details: <- ValueError: byte range [5, 9) is not valid'
+  """
+  parts, seen, e = [], set(), exc
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    first = (str(e).splitlines() or [""])[0]
+    first = first.split(" See full TensorStore details")[0]  # the rest is the store's spec
+    parts.append(f"{type(e).__name__}: {first}".strip())
+    e = e.__cause__ or e.__context__
+  text = " <- ".join(parts)
+  return text if len(text) <= limit else text[: limit - 4] + " ..."
+
+
 def _innermost_file(tb: types.TracebackType | None) -> str:
   last = None
   while tb is not None:
@@ -157,10 +185,14 @@ def is_late_callback(exc: BaseException | None, tb: types.TracebackType | None) 
   )
 
 
+_reported = [False]  # an error: line was printed: the process is ending on it
+
+
 def _unraisable_hook(args: Any) -> None:
-  if is_late_callback(args.exc_value, args.exc_traceback) and not os.environ.get(
-    "SPARSEOUT_TRACEBACK"
-  ):
+  # After the error line, what is left is libraries' clean-up failing as the interpreter ends
+  # (e.g. orbax's unfinished write coroutines after a failed save): noise, the error is reported.
+  quiet = _reported[0] or is_late_callback(args.exc_value, args.exc_traceback)
+  if quiet and not os.environ.get("SPARSEOUT_TRACEBACK"):
     return
   sys.__unraisablehook__(args)
 
@@ -171,6 +203,7 @@ def _hook(
   if os.environ.get("SPARSEOUT_TRACEBACK") or not is_user_error(exc):
     traceback.print_exception(exc_type, exc, tb)
     return
+  _reported[0] = True
   if isinstance(exc, SyntaxError):
     text = (exc.text or "").strip()
     print(f"error: {exc.filename}, line {exc.lineno}: {exc.msg}: {text}", file=sys.stderr)
