@@ -33,8 +33,10 @@ WORKER = os.path.join(REPO, "tests", "mp_worker.py")
 PTB = str(DATA / "ptb")
 PROGRAMS = ("autoencoder", "lm", "wrn")
 # A few float32 ulps of the gradients' all-reduce, carried through <= 5 optimizer steps (Adam divides
-# by sqrt(v), so a 1-ulp change in a gradient moves an update by ~1 ulp of lr; SGD likewise).
-RTOL, ATOL = 1e-5, 1e-6
+# by sqrt(v), so a 1-ulp change in a gradient moves an update by ~1 ulp of lr; SGD likewise). The LM
+# steps at lr 30 through an LSTM: an ulp of its updates is ~30x larger (measured 2.4e-6 on a 0.09 bias).
+RTOL = 1e-5
+ATOL = {"autoencoder": 1e-6, "wrn": 1e-6, "lm": 1e-5}
 
 
 def _free_port() -> int:
@@ -156,7 +158,7 @@ def test_two_processes_train_like_one(runs, program) -> None:
     if bit_equal or not np.issubdtype(a.dtype, np.floating):
       np.testing.assert_array_equal(a, b, err_msg=where)
     else:
-      np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=where)
+      np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL[program], err_msg=where)
       worst = max(worst, float(np.max(np.abs(a - b), initial=0.0)))
   # The comparison means something only if training moved the parameters far more than the tolerance.
   moved = max(
@@ -165,7 +167,7 @@ def test_two_processes_train_like_one(runs, program) -> None:
       jax.tree.leaves(_initial(program)), jax.tree.leaves(state1["params"]), strict=True
     )
   )
-  assert moved > 100 * ATOL, moved
+  assert moved > 100 * ATOL[program], moved
   print(f"{program}: probe bit-equal={bit_equal}, max |1x4 - 2x2| = {worst:.3g}, moved {moved:.3g}")
 
 
