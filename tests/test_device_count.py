@@ -149,4 +149,4 @@ def test_lm_with_sparseout_is_the_same_on_1_2_4_8_devices() -> None:
   initial["carry"] = finals[1]["carry"]
   # 3 clipped SGD steps at lr 30 through an LSTM; a last-bit difference in a gradient moves an
   # update by ~1 ulp of lr * |g|. Measured 4.1e-6 on 8 devices (docs/scaling.md).
-  _check(finals, initial, atol=1e-5, name="lm")
+  _check(finals, initial, atol=2e-5, name="lm")
