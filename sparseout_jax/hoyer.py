@@ -25,6 +25,8 @@ def hoyer_sparsity(a: jax.Array, axis: int = -1) -> jax.Array:
     H of each vector: ``a``'s shape without ``axis``. Average it for the paper's figure.
 
   Example:
+    >>> import jax.numpy as jnp
+    >>> from sparseout_jax import hoyer_sparsity
     >>> hoyer_sparsity(jnp.array([[0.0, 0.0, 3.0], [1.0, 1.0, 1.0]]))
     Array([1., 0.], dtype=float32)
   """

@@ -4,6 +4,7 @@ Sparseout into an existing model without editing its code."""
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, MutableMapping, MutableSequence, Sequence
 from typing import Any
@@ -105,6 +106,7 @@ class Sparseout(nnx.Dropout):
     rngs: an ``nnx.Rngs`` or ``RngStream`` (forked, as ``nnx.Dropout`` does), or None.
 
   Example:
+    >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from sparseout_jax.nnx import Sparseout
     >>> layer = Sparseout(0.5, q=1.5, rngs=nnx.Rngs(dropout=0))
@@ -386,8 +388,9 @@ class BridgeoutLinear(nnx.Module):
   Args:
     in_features: input width.
     out_features: output width.
-    rate: the drop probability in [0, 1].
-    q: the norm, > 0.
+    rate: the drop probability in [0, 1], a Python number (not a Variable or traced value,
+      as :func:`sparseout_jax.bridgeout_dense`).
+    q: the norm, > 0, a Python number.
     per_example: one weight mask per example (default) or per batch.
     use_bias: add a bias.
     deterministic: if True, no noise.
@@ -395,7 +398,9 @@ class BridgeoutLinear(nnx.Module):
     rngs: ``nnx.Rngs`` for the parameters and the noise.
 
   Example:
+    >>> import jax.numpy as jnp
     >>> from flax import nnx
+    >>> from sparseout_jax.nnx import BridgeoutLinear
     >>> layer = BridgeoutLinear(3, 2, 0.5, 1.5, rngs=nnx.Rngs(0))
     >>> layer(jnp.ones((4, 3))).shape
     (4, 2)
@@ -432,7 +437,16 @@ class BridgeoutLinear(nnx.Module):
     deterministic: bool | None = None,
     rngs: rnglib.Rngs | rnglib.RngStream | jax.Array | None = None,
   ) -> jax.Array:
-    """Applies the (noisy) linear map to x of shape (batch, in_features)."""
+    """Applies the (noisy) linear map to x of shape (batch, in_features).
+
+    Args:
+      x: inputs, (batch, in_features).
+      deterministic: overrides the constructor's flag (and ``model.train()`` / ``eval()``).
+      rngs: a key, RngStream or Rngs; overrides the constructor's stream.
+
+    Returns:
+      (batch, out_features).
+    """
     kernel = self.kernel[...]
     if self.rate == 0.0 or _deterministic(self, deterministic):
       y = x @ kernel
@@ -446,3 +460,18 @@ class BridgeoutLinear(nnx.Module):
     """Used by ``nnx.view`` / ``model.eval()``: ``deterministic`` turns the noise off."""
     if deterministic is not None:
       self.deterministic = deterministic
+
+
+def _show_init_signature(*classes: type) -> None:
+  """Gives each class its ``__init__``'s signature, which documentation tools show.
+
+  NNX modules are made by a metaclass whose ``__call__`` takes ``(*args, **kwargs)``, so
+  without this a class would be documented with that signature.
+  """
+  for cls in classes:
+    sig = inspect.signature(cls.__init__)
+    params = list(sig.parameters.values())[1:]  # without self
+    cls.__signature__ = sig.replace(parameters=params, return_annotation=inspect.Signature.empty)
+
+
+_show_init_signature(Sparseout, SparseoutAttention, BridgeoutLinear)

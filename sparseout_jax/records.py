@@ -30,6 +30,8 @@ def sparsity_stats(x: jax.Array) -> dict[str, jax.Array]:
     ``{"hoyer": scalar, "zero_fraction": scalar}``, float32 scalars.
 
   Example:
+    >>> import jax.numpy as jnp
+    >>> from sparseout_jax import sparsity_stats
     >>> stats = sparsity_stats(jnp.array([[0.0, 0.0, 3.0], [1.0, 1.0, 1.0]]))
     >>> float(stats["hoyer"]), round(float(stats["zero_fraction"]), 4)
     (0.5, 0.3333)
@@ -89,7 +91,9 @@ def sparsity_records(tree: Any) -> dict[str, dict[str, jax.Array]]:
     and fraction of zeros (scalar arrays; usable inside ``jit``).
 
   Example:
+    >>> import jax.numpy as jnp
     >>> from flax import nnx
+    >>> from sparseout_jax import sparsity_records
     >>> from sparseout_jax.nnx import Sparseout
     >>> layer = Sparseout(0.5, q=1.5, record_sparsity=True, rngs=nnx.Rngs(dropout=0))
     >>> _, captured = nnx.capture(layer, nnx.Intermediate)(jnp.array([[0.0, 2.0]]))

@@ -14,8 +14,8 @@ def embedding_sparseout(
   rng: jax.Array,
   table: jax.Array,
   ids: jax.Array,
-  p: float,
-  q: float,
+  p: float | jax.Array,
+  q: float | jax.Array,
   *,
   gradient: str = "exact",
 ) -> jax.Array:
@@ -36,28 +36,31 @@ def embedding_sparseout(
     rng: a PRNG key.
     table: the (V, E) embedding table, floating.
     ids: integer token ids of any shape, in [0, V).
-    p: the drop probability of a row, in [0, 1].
-    q: the norm, > 0.
+    p: the drop probability of a row, in [0, 1]: a Python number or a traced scalar (a
+      schedule), as in :func:`sparseout`.
+    q: the norm, > 0: a Python number or a traced scalar.
     gradient: ``"exact"`` or ``"reference"``.
 
   Returns:
     The perturbed embeddings, shape ``ids.shape + (E,)``.
 
   Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from sparseout_jax import embedding_sparseout
     >>> table = jnp.ones((100, 8)); ids = jnp.array([[3, 3, 7]])
     >>> out = embedding_sparseout(jax.random.key(0), table, ids, 0.1, 1.5)
     >>> out.shape, bool((out[0, 0] == out[0, 1]).all())
     ((1, 3, 8), True)
   """
-  p = _validate.check_rate(p, "p")
-  _validate.check_q(q)
+  p = _validate.check_rate(p, "p", allow_traced=True)
+  q = _validate.check_q(q, allow_traced=True)
   table = _validate.check_float_array(table, "table")
   if table.ndim != 2:
     raise ValueError(f"`table` must be a (vocab, features) matrix, got shape {table.shape}.")
   if not jnp.issubdtype(jnp.result_type(ids), jnp.integer):
     raise TypeError(f"`ids` must be integer token ids, got dtype {jnp.result_type(ids)}.")
   rows = jnp.take(table, ids, axis=0)
-  if p == 0.0:
+  if isinstance(p, float) and p == 0.0:
     return rows
   # Drawn over (V, 1) exactly as sparseout(table, broadcast_dims=(1,)) would draw it.
   row_mask = random.bernoulli(rng, 1.0 - p, (table.shape[0], 1))
@@ -84,6 +87,14 @@ def weight_sparseout(
 
   Returns:
     The perturbed weight, with w's shape and dtype.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from sparseout_jax import weight_sparseout
+    >>> w = jnp.array([[0.5, -2.0], [1.0, 0.0]])
+    >>> w_noisy = weight_sparseout(jax.random.key(0), w, 0.5, 1.5)
+    >>> w_noisy.shape, float(w_noisy[1, 1])
+    ((2, 2), 0.0)
   """
   return sparseout(rng, w, p, q, gradient=gradient)
 
@@ -112,12 +123,20 @@ def bridgeout_dense(
     rng: a PRNG key.
     x: inputs of shape (batch, in).
     kernel: the (in, out) weight matrix.
-    p: the drop probability in [0, 1].
-    q: the norm, > 0.
+    p: the drop probability in [0, 1], a Python number (a traced value raises: this
+      baseline is kept as the authors wrote it, for timing).
+    q: the norm, > 0, a Python number (likewise).
     per_example: one weight mask per example (default) or per batch.
 
   Returns:
     x times the perturbed kernel, shape (batch, out).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from sparseout_jax import bridgeout_dense
+    >>> x, kernel = jnp.ones((4, 3)), jnp.full((3, 2), 0.5)
+    >>> bridgeout_dense(jax.random.key(0), x, kernel, 0.5, 1.5).shape
+    (4, 2)
   """
   p = _validate.check_rate(p, "p")
   q = _validate.check_q(q)
