@@ -13,7 +13,6 @@ until validation stops improving (AWD-LSTM's ``finetune.py``). At the end the be
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import warnings
@@ -30,6 +29,7 @@ import sparseout_jax
 from models import lstm_lm
 from models.params import param_count
 from train.common import errors, loop, parallel, plots
+from train.common import results as results_lib
 from train.common import step as step_lib
 from train.lm import input_pipeline as ip
 
@@ -423,24 +423,15 @@ def averaged(state: PyTree) -> tuple[PyTree, bool]:
 def write_results(
   config: ml_collections.ConfigDict, workdir: str, results: dict, hist: list[dict]
 ) -> None:
-  """``test/*`` row in metrics.jsonl, ``results.json``, ``valid_curve.png``; print the results (process 0)."""
+  """``test/*`` row in metrics.jsonl and ``results.json`` (:mod:`train.common.results`), ``valid_curve.png``."""
+  last_epoch = hist[-1]["epoch"] if hist else 0
+  row = {"epoch": last_epoch} | {
+    f"test/{k[5:] if k.startswith('test_') else k}": results[k]
+    for k in ("test_ppl", "test_loss", "valid_ppl", "best_epoch")
+  }
+  results_lib.write(workdir, results["steps"], row, results, config, hist)
   if jax.process_index() != 0:
     return
-  from train.common import metrics
-
-  writer = metrics.MetricsWriter(workdir)
-  last_epoch = hist[-1]["epoch"] if hist else 0
-  writer.write(
-    results["steps"],
-    {"epoch": last_epoch}
-    | {
-      f"test/{k[5:] if k.startswith('test_') else k}": results[k]
-      for k in ("test_ppl", "test_loss", "valid_ppl", "best_epoch")
-    },
-  )
-  writer.close()
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(dict(results, config=config.to_dict(), history=hist), f, indent=1, default=str)
   if hist:
     trained = [h for h in hist if "epoch/train_nll" in h]  # not the finetune's starting point
     plots.line_plot(
