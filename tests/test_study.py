@@ -13,6 +13,10 @@ from train.common import plots
 from train.common import study as st
 
 
+def _paired(values, baseline, digits=3):
+  return st.fmt_interval(*st.paired_difference(values, baseline), digits)
+
+
 def test_paired_difference_is_the_mean_difference_with_the_t_interval():
   # d = (2, 3, 1): mean 2, s_d = 1, t(0.975, 2) = 4.302653, half width 4.302653 / sqrt(3).
   m, lo, hi = st.paired_difference([3.0, 5.0, 4.0], [1.0, 2.0, 3.0])
@@ -39,9 +43,9 @@ def test_paired_interval_covers_the_true_difference_95_percent_of_the_time():
   assert 0.94 <= covered / trials <= 0.96
 
 
-def test_fmt_paired_marks_an_interval_that_excludes_zero():
-  assert st.fmt_paired([3.0, 5.0, 4.0], [1.0, 2.0, 3.0], 1) == "+2.0 [-0.5, 4.5]"
-  assert st.fmt_paired([3.0, 4.1, 5.0], [1.0, 2.0, 3.0], 1) == "+2.0 [1.9, 2.2]*"
+def test_fmt_interval_marks_an_interval_that_excludes_zero():
+  assert _paired([3.0, 5.0, 4.0], [1.0, 2.0, 3.0], 1) == "+2.0 [-0.5, 4.5]"
+  assert _paired([3.0, 4.1, 5.0], [1.0, 2.0, 3.0], 1) == "+2.0 [1.9, 2.2]*"
 
 
 def test_paired_table_compares_every_condition_with_the_baseline_only_when_it_ran(tmp_path):
@@ -49,7 +53,7 @@ def test_paired_table_compares_every_condition_with_the_baseline_only_when_it_ra
   columns = {"v": (lambda r: r["v"], 2)}
   table, _ = st.paired_outputs(runs, "dropout", columns, str(tmp_path / "p.png"), "t")
   assert table.splitlines()[0] == "| condition - dropout | seeds | v |"
-  assert table.splitlines()[2] == f"| q | 2 | {st.fmt_paired([2.0, 4.0], [1.0, 2.0], 2)} |"
+  assert table.splitlines()[2] == f"| q | 2 | {_paired([2.0, 4.0], [1.0, 2.0], 2)} |"
   assert (
     st.paired_outputs({"q": runs["q"]}, "dropout", columns, str(tmp_path / "n.png"), "t") is None
   )

@@ -17,6 +17,10 @@ from train.lm import study
 from train.lm.configs import study_tiny
 
 
+def _paired(values, baseline, digits=3):
+  return st.fmt_interval(*st.paired_difference(values, baseline), digits)
+
+
 @pytest.fixture
 def compile_cache(tmp_path):
   """The study's on-disk compilation cache for one test, restored afterwards."""
@@ -138,9 +142,9 @@ def test_tiny_study_end_to_end(tmp_path, shared_data, compile_cache):
   paired = open(out["paths"]["paired"]).read()
   cells = _cells(paired, "sparseout_q1.5")
   assert paired.startswith("| condition - none |") and cells[1] == "2"
-  assert cells[3] == st.fmt_paired(tests["sparseout_q1.5"], tests["none"], 1)
+  assert cells[3] == _paired(tests["sparseout_q1.5"], tests["none"], 1)
   column = _cells(paired, "condition - none").index("Hoyer o")
-  assert cells[column] == st.fmt_paired(hoyer_o["sparseout_q1.5"], hoyer_o["none"], 3)
+  assert cells[column] == _paired(hoyer_o["sparseout_q1.5"], hoyer_o["none"], 3)
   # Running it again resumes: nothing retrains, the same numbers come back.
   again = study.run_study(config, str(tmp_path))
   assert again["tables"] == out["tables"]

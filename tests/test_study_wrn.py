@@ -18,6 +18,10 @@ from train.wrn import mnist, study
 from train.wrn.configs import study_tiny
 
 
+def _paired(values, baseline, digits=3):
+  return st.fmt_interval(*st.paired_difference(values, baseline), digits)
+
+
 def test_mnist32_is_the_shipped_digits_padded_and_split():
   data = mnist.load_mnist32(train_size=100, test_size=50)
   tr, te = data["train"], data["test"]
@@ -110,6 +114,6 @@ def test_tiny_study_end_to_end(tmp_path):
   # The paired table: sparseout minus the baseline (no noise here), seed by seed.
   cells = _cells(open(out["paths"]["paired"]).read(), "sparseout_q1.5")
   (err_q, hoyer_q), (err_none, hoyer_none) = per_run["sparseout_q1.5"], per_run["none"]
-  assert cells[1] == "2" and cells[2] == st.fmt_paired(err_q, err_none, 2)
-  assert cells[5] == st.fmt_paired(hoyer_q, hoyer_none, 3)
+  assert cells[1] == "2" and cells[2] == _paired(err_q, err_none, 2)
+  assert cells[5] == _paired(hoyer_q, hoyer_none, 3)
   assert out["paired"] == open(out["paths"]["paired"]).read().strip()

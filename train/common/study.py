@@ -142,15 +142,15 @@ def paired_difference(
   return m, m - half, m + half
 
 
-def _fmt_interval(m: float, lo: float, hi: float, digits: int) -> str:
+def fmt_interval(m: float, lo: float, hi: float, digits: int = 3) -> str:
+  """``"+m [lo, hi]"`` of a difference and its interval; a ``*`` marks an interval that excludes 0.
+
+  Example:
+    >>> fmt_interval(2.0, 1.9, 2.2, 1)
+    '+2.0 [1.9, 2.2]*'
+  """
   mark = "*" if lo > 0 or hi < 0 else ""
   return f"{m:+.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]{mark}"
-
-
-def fmt_paired(values: Sequence[float], baseline: Sequence[float], digits: int = 3) -> str:
-  """``"+m [lo, hi]"`` of :func:`paired_difference`, e.g. ``"+2.0 [-0.5, 4.5]"``; a ``*`` marks
-  an interval that excludes 0."""
-  return _fmt_interval(*paired_difference(values, baseline), digits)
 
 
 Columns = Mapping[str, tuple[Any, int]]  # heading -> (value(run), decimals)
@@ -192,7 +192,7 @@ def paired_outputs(
 ) -> tuple[str, str] | None:
   """The paired table and plot: each condition minus ``baseline``, seed by seed, per column.
 
-  The table shows :func:`fmt_paired` per column; the plot (``png_path``) one panel per column,
+  The table shows :func:`fmt_interval` of each paired difference per column; the plot (``png_path``) one panel per column,
   each condition's mean difference with its 95 % interval as an error bar, and a line at 0.
 
   Args: as :func:`paired_intervals`, and the PNG's path and title.
@@ -207,7 +207,7 @@ def paired_outputs(
   if intervals is None:
     return None
   rows = [
-    [name, len(rs)] + [_fmt_interval(*intervals[h][name], d) for h, (_, d) in columns.items()]
+    [name, len(rs)] + [fmt_interval(*intervals[h][name], d) for h, (_, d) in columns.items()]
     for name, rs in runs.items()
     if name != baseline
   ]
