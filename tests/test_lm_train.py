@@ -107,7 +107,10 @@ def test_averaged_sgd_keeps_the_mean_of_the_iterates() -> None:
   streams = train.ip.batchify(corpus.train, c.batch_size)
   windows = [train.ip.make_window(streams, s, 10) for s in (0, 10, 20)]
   for on in (False, True):
-    r = train.place(state | {"asgd": np.bool_(on)}, mesh)
+    r = train.place(state, mesh)
+    if on:
+      opt = train._map_average(r["opt_state"], r["params"])
+      r = r | {"opt_state": opt}
     step = train.make_train_step(graphdef, tx, c, r)
     iterates = []
     for i, w in enumerate(windows):
@@ -115,12 +118,13 @@ def test_averaged_sgd_keeps_the_mean_of_the_iterates() -> None:
       batch["length"] = train.parallel.put_replicated(np.int32(w.length), mesh)
       r, _ = step(r, batch, train.parallel.replicate_key(jax.random.key(i), mesh))
       iterates.append(jax.tree.leaves(train.parallel.to_host(r["params"])))
-    avg = jax.tree.leaves(train.parallel.to_host(r["avg"]))
+    avg_state = train.average_state(r["opt_state"])
+    avg = jax.tree.leaves(train.parallel.to_host(avg_state.avg))
     start = jax.tree.leaves(state["params"])
     for j, a in enumerate(avg):
       want = np.mean([it[j] for it in iterates], axis=0) if on else start[j]
       np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-6)
-    assert int(train.parallel.to_host(r["n_avg"])) == (3 if on else 0)
+    assert int(train.parallel.to_host(avg_state.count)) == (3 if on else 0)
 
 
 def test_perplexity_of_an_overflowing_loss_is_inf_with_a_warning() -> None:
@@ -182,9 +186,10 @@ def test_finetune_continues_from_the_best_checkpoint_with_averaged_sgd(tmp_path)
   rows = [json.loads(x) for x in open(tmp_path / "finetune" / "metrics.jsonl")]
   assert [r["epoch"] for r in rows if "eval/loss" in r] == [0, 1, 2]
   stage0 = _final_params(str(tmp_path), c)
-  assert not bool(stage0["asgd"])
+  assert not bool(train.average_state(stage0["opt_state"]).on)
   fin = _final_params(str(tmp_path / "finetune"), c)
-  assert bool(fin["asgd"]) and int(fin["n_avg"]) == 6
+  fin_avg = train.average_state(fin["opt_state"])
+  assert bool(fin_avg.on) and int(fin_avg.count) == 6
   # The finetune starts from stage 0's best checkpoint: its epoch-0 validation is that checkpoint's.
   rows0 = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
   assert out["history"][0]["eval/ppl"] == [r["eval/ppl"] for r in rows0 if "eval/ppl" in r][-1]

@@ -51,10 +51,15 @@ def inner_opt_state(opt_state: PyTree) -> PyTree:
   return opt_state
 
 
-def wrap_opt_state(template: PyTree, inner: PyTree, skipped: int) -> PyTree:
-  """Put a checkpoint's optimizer state back in the layout of ``template`` (see :func:`inner_opt_state`)."""
+def wrap_opt_state(template: PyTree, inner: PyTree, skipped: int | None) -> PyTree:
+  """Put an inner optimizer state back in the layout of ``template`` (see :func:`inner_opt_state`).
+
+  ``skipped`` sets apply_if_finite's count of non-finite steps (None: keep ``template``'s).
+  """
   if not isinstance(template, optax.ApplyIfFiniteState):
     return inner
+  if skipped is None:
+    return template._replace(inner_state=inner)
   return template._replace(
     total_notfinite=template.total_notfinite * 0 + skipped, inner_state=inner
   )
@@ -65,8 +70,7 @@ def make_train_step(
   tx: optax.GradientTransformation,
   *,
   skip_nonfinite: bool,
-  update_scale: Callable[[dict], jax.Array] | None = None,
-  after_update: Callable[[dict], dict] | None = None,
+  update_args: Callable[[dict], dict] | None = None,
   grad_norm: bool = False,
 ) -> Callable[[dict, dict, jax.Array], tuple[dict, dict]]:
   """The shared step: ``g = grad loss(global batch)``, ``params += tx(g)``, finite check.
@@ -80,9 +84,8 @@ def make_train_step(
       params/opt_state/step (e.g. ``{"batch_stats": ...}``).
     tx: the optimizer (from :func:`optimizer`).
     skip_nonfinite: keep ``new_entries`` as they were on a non-finite step.
-    update_scale: optional ``batch -> scalar`` multiplying the optimizer's updates (AWD-LSTM's
-      ``lr * seq_len / bptt``).
-    after_update: optional ``state -> state`` run after the update (e.g. parameter averaging).
+    update_args: optional ``batch -> dict`` of extra arguments of ``tx.update`` (the LM's window
+      length, which scales its updates).
     grad_norm: also return the global norm of the averaged gradients (off by default: one more
       consumer of the gradients can change how XLA fuses the update, and with it the last bits).
 
@@ -96,10 +99,8 @@ def make_train_step(
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (metrics, entries)), grads = grad_fn(state["params"], state, batch, skey)
     ok = guard.all_finite((loss, grads))
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    if update_scale is not None:
-      scale = update_scale(batch)
-      updates = jax.tree.map(lambda u: u * scale, updates)
+    extra = update_args(batch) if update_args is not None else {}
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"], **extra)
     if skip_nonfinite:
       entries = guard.select_tree(ok, entries, {k: state[k] for k in entries})
     new = {
@@ -109,8 +110,6 @@ def make_train_step(
       "opt_state": opt_state,
       "step": state["step"] + 1,
     }
-    if after_update is not None:
-      new = after_update(new)
     if grad_norm:
       metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
     return new, {"loss": loss, **metrics, "ok": ok}

@@ -28,7 +28,7 @@ from flax import nnx
 import sparseout_jax
 from models import lstm_lm
 from models.params import param_count
-from train.common import errors, loop, parallel, plots
+from train.common import errors, loop, optimizers, parallel, plots
 from train.common import results as results_lib
 from train.common import step as step_lib
 from train.lm import input_pipeline as ip
@@ -98,13 +98,32 @@ def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> lstm_lm.L
   )
 
 
+def scale_by_window(bptt: float) -> optax.GradientTransformationExtraArgs:
+  """Multiply the updates by ``length / bptt`` (AWD-LSTM's lr scaling for a window of ``length`` steps).
+
+  ``length`` is an extra argument of ``update`` (the batch's real steps).
+  """
+
+  def update(updates, state, params=None, *, length, **extra_args):
+    scale = length.astype(jnp.float32) / bptt
+    return jax.tree.map(lambda u: u * scale, updates), state
+
+  return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Global-norm clip, then weight decay, then SGD at the base lr (PyTorch SGD order; AWD's ASGD is the same
-  update, the averaging lives in the state)."""
-  tx = optax.chain(
-    optax.clip_by_global_norm(config.clip),
-    optax.add_decayed_weights(config.weight_decay),
-    optax.sgd(config.learning_rate),
+  """Global-norm clip, weight decay, SGD at the base lr, ``lr * length / bptt``, NT-ASGD's average.
+
+  PyTorch SGD's order; AWD's ASGD makes the same update and keeps the mean of the iterates once
+  switched on (:func:`train.common.optimizers.average_iterates`).
+  """
+  tx = optimizers.average_iterates(
+    optax.chain(
+      optax.clip_by_global_norm(config.clip),
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(config.learning_rate),
+      scale_by_window(float(config.bptt)),
+    )
   )
   return step_lib.optimizer(tx, bool(config.skip_nonfinite))
 
@@ -125,9 +144,6 @@ def init_state(
     "opt_state": tx.init(params),
     "step": jnp.zeros((), jnp.int32),
     "carry": jax.tree.map(np.asarray, model.init_carry(config.batch_size)),
-    "avg": params,  # NT-ASGD's average of the iterates since the switch (unused before it)
-    "n_avg": jnp.zeros((), jnp.int32),
-    "asgd": jnp.zeros((), jnp.bool_),
   }
   if mesh is not None:
     state = place(state, mesh)
@@ -145,11 +161,9 @@ def make_train_step(
 ):
   """The jitted step ``(state, batch, key) -> (state, metrics)`` for ``state``'s shardings.
 
-  ``batch`` = {"x", "y": ``(T, B)`` token ids (the streams split over the mesh), "length": the real steps}. After
-  the update, when ``state["asgd"]``: ``n_avg += 1``, ``avg += (params - avg) / n_avg`` (torch ASGD with
-  t0 = 0, lambd = 0: the mean of the iterates since the switch).
+  ``batch`` = {"x", "y": ``(T, B)`` token ids (the streams split over the mesh), "length": the real steps}.
   """
-  alpha, beta, bptt = float(config.alpha), float(config.beta), float(config.bptt)
+  alpha, beta = float(config.alpha), float(config.beta)
   tokens = float(config.batch_size)
 
   def loss_fn(params, state, batch, key):
@@ -164,21 +178,11 @@ def make_train_step(
     metrics = {k: losses[k] for k in ("nll", "ar", "tar")} | {"weight": length * tokens}
     return losses["loss"], (metrics, {"carry": jax.lax.stop_gradient(carry)})
 
-  def average(state):
-    on = state["asgd"]
-    n = state["n_avg"] + on.astype(jnp.int32)
-    inv = 1.0 / jnp.maximum(n, 1).astype(jnp.float32)
-    avg = jax.tree.map(
-      lambda a, p: jnp.where(on, a + (p - a) * inv, a), state["avg"], state["params"]
-    )
-    return {**state, "avg": avg, "n_avg": n}
-
   step = step_lib.make_train_step(
     loss_fn,
     tx,
     skip_nonfinite=bool(config.skip_nonfinite),
-    update_scale=lambda batch: batch["length"].astype(jnp.float32) / bptt,
-    after_update=average,
+    update_args=lambda batch: {"length": batch["length"]},
     grad_norm=True,
   )
   return step_lib.jit_train_step(step, parallel.shardings(state))
@@ -339,7 +343,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return state, False
       if stage == 1:  # finetune.py: "Done!" once validation stops improving
         return state, True
-      if config.optimizer == "ntasgd" and not bool(parallel.to_host(state["asgd"])):
+      if config.optimizer == "ntasgd" and not bool(
+        parallel.to_host(average_state(state["opt_state"]).on)
+      ):
         if jax.process_index() == 0:
           print(f"epoch {row['epoch']}: switching to ASGD (averaged parameters)", flush=True)
         return start_averaging(state, state["params"]), False
@@ -364,8 +370,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def start_averaging(state, params):
     # The average starts from ``params`` (a copy: it must not alias the donated params).
-    on = parallel.put_replicated({"asgd": np.bool_(True), "n_avg": np.int32(0)}, mesh)
-    return state | {"params": params, "avg": jax.tree.map(jnp.copy, params)} | on
+    return state | {"params": params, "opt_state": _map_average(state["opt_state"], params)}
 
   def best(stage_dir: str) -> tuple[PyTree, dict]:
     # A fresh template: the stage's own state was donated to its steps.
@@ -375,7 +380,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   final_dir, final, stage = workdir, out, 0
   if out.finished and int(config.finetune_epochs) > 0:
     restored, _ = best(workdir)
-    params = restored["avg"] if bool(parallel.to_host(restored["asgd"])) else restored["params"]
+    params = evaluated_params(restored)
     final_dir, stage = os.path.join(workdir, "finetune"), 1
     start = start_averaging(place(host_state, mesh), params)
     final = run_stage(1, final_dir, int(config.finetune_epochs), start)
@@ -413,11 +418,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return summary
 
 
+def average_state(opt_state: PyTree) -> optimizers.AverageState:
+  """NT-ASGD's state inside the optimizer state (under ``apply_if_finite`` when skipping)."""
+  return step_lib.inner_opt_state(opt_state)
+
+
+def _map_average(opt_state: PyTree, params: PyTree) -> PyTree:
+  """The optimizer state with averaging switched on from ``params``."""
+  on = optimizers.start_averaging(average_state(opt_state), params)
+  return step_lib.wrap_opt_state(opt_state, on, None)
+
+
+def evaluated_params(state: PyTree) -> PyTree:
+  """The parameters to evaluate (device arrays): NT-ASGD's average once it is on, else the iterate."""
+  avg = average_state(state["opt_state"])
+  return avg.avg if bool(parallel.to_host(avg.on)) else state["params"]
+
+
 def averaged(state: PyTree) -> tuple[PyTree, bool]:
-  """The parameters to evaluate, as host arrays: NT-ASGD's average once it is on, else the iterate."""
-  host = parallel.to_host({k: state[k] for k in ("params", "avg", "asgd")})
-  asgd = bool(host["asgd"])
-  return (host["avg"] if asgd else host["params"]), asgd
+  """The parameters to evaluate as host arrays, and whether NT-ASGD's averaging is on."""
+  avg = average_state(state["opt_state"])
+  on = bool(parallel.to_host(avg.on))
+  return parallel.to_host(avg.avg if on else state["params"]), on
 
 
 def write_results(

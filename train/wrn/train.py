@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from models.wrn import PLACEMENTS, REGULARIZERS, WideResNet
-from train.common import errors, evaluation, labels, loop, parallel, plots
+from train.common import errors, evaluation, labels, loop, optimizers, parallel, plots
 from train.common import step as step_lib
 from train.wrn import augment, input_pipeline
 
@@ -119,35 +119,6 @@ def learning_rate_schedule(
   )
 
 
-class ResetState(NamedTuple):
-  """State of :func:`reset_at`: the steps seen and the wrapped transformation's state."""
-
-  count: jax.Array
-  inner: Any
-
-
-def reset_at(
-  inner: optax.GradientTransformation, steps: tuple[int, ...]
-) -> optax.GradientTransformation:
-  """``inner`` whose state starts again from ``inner.init`` before the update of each step in ``steps``.
-
-  With ``inner = optax.trace(momentum)`` this is the reference's new ``torch.optim.SGD`` at each lr drop:
-  the momentum buffer restarts from the first gradient after the drop.
-  """
-
-  def init(params):
-    return ResetState(jnp.zeros((), jnp.int32), inner.init(params))
-
-  def update(updates, state, params=None):
-    reset = jnp.isin(state.count, jnp.asarray(steps, jnp.int32)) if steps else jnp.asarray(False)
-    fresh = inner.init(params if params is not None else updates)
-    inner_state = jax.tree.map(lambda f, s: jnp.where(reset, f, s), fresh, state.inner)
-    updates, inner_state = inner.update(updates, inner_state, params)
-    return updates, ResetState(state.count + 1, inner_state)
-
-  return optax.GradientTransformation(init, update)
-
-
 def make_optimizer(
   config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> optax.GradientTransformation:
@@ -181,7 +152,7 @@ def _sgd(
   schedule = optax.piecewise_constant_schedule(lr, dict.fromkeys(drops, decay))
   tx = optax.chain(
     optax.add_decayed_weights(wd),
-    reset_at(optax.trace(decay=momentum, nesterov=nesterov), drops),
+    optimizers.reset_at(optax.trace(decay=momentum, nesterov=nesterov), drops),
     optax.scale_by_learning_rate(schedule),
   )
   return step_lib.optimizer(tx, skip_nonfinite)
@@ -199,12 +170,16 @@ def make_steps(graphdef: Any, tx: optax.GradientTransformation, skip_nonfinite: 
   batch_stats, opt_state, step} replicated over the mesh. ``eval_step(params, batch_stats, batch, mask) ->
   (sums, records)`` returns mask-weighted sums and the sparsity records over the global batch.
   """
-  return _make_steps(graphdef, tx, skip_nonfinite, parallel.shardings(state))
+  leaves, treedef = jax.tree.flatten(parallel.shardings(state))
+  return _make_steps(graphdef, tx, skip_nonfinite, tuple(leaves), treedef)
 
 
 @functools.lru_cache(maxsize=8)
-def _make_steps(graphdef: Any, tx: optax.GradientTransformation, skip_nonfinite: bool, shardings):
-  # Cached: runs of one config on one mesh compile once per process.
+def _make_steps(
+  graphdef: Any, tx: optax.GradientTransformation, skip_nonfinite: bool, leaves, treedef
+):
+  # Cached (hashable arguments): runs of one config on one mesh compile once per process.
+  shardings = jax.tree.unflatten(treedef, leaves)
 
   def loss_fn(params, state, batch, key):
     # The pixel work on the device: the host only gathers raw uint8 images (augment.py).
