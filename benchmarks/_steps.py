@@ -62,7 +62,8 @@ def wrn_program(
 
   Args:
     noise: "none", "dropout", "sparseout" (in every block, after the second ReLU) or
-      "sparseout_remat" (the same, ``remat_noise=True``) or "sparseout_keep" (``remat_output=False``).
+      "sparseout_remat" (the same, ``remat_noise=True``), "sparseout_keep" (``remat_output=False``)
+      or "sparseout_policy" (``remat_output=True``); plain "sparseout" takes the platform's default.
     dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
     depth, width: the WRN's size.
     batch: images per step.
@@ -77,12 +78,13 @@ def wrn_program(
       depth,
       width,
       10,
-      regularizer=noise.removesuffix("_remat").removesuffix("_keep"),
+      regularizer=noise.split("_")[0],
       rate=rate,
       q=q,
       dtype=jnp.dtype(dtype),
       remat_noise=noise.endswith("_remat"),
-      remat_output=not noise.endswith("_keep"),  # "_keep": Sparseout's output kept, not recomputed
+      # "_keep" / "_policy": Sparseout's output kept / recomputed; else the platform's default.
+      remat_output={"_keep": False, "_policy": True}.get(noise[noise.rfind("_") :]),
       rngs=nnx.Rngs(0),
     )
 

@@ -8,12 +8,12 @@ divided by the number of noised elements of one step, is the price of the noise 
 
   python -m benchmarks.memory                      # WRN-28-10 at batch 128, AWD-LSTM at 20 x 70
   python -m benchmarks.memory --models lstm --dtypes float32
-  python -m benchmarks.memory --noises none,dropout,sparseout,sparseout_keep,sparseout_remat
+  python -m benchmarks.memory --noises none,dropout,sparseout,sparseout_keep,sparseout_policy,sparseout_remat
 
-Noises: "sparseout" is the WRN's default (its output recomputed from input and mask,
-``sparseout_jax.remat_policy``), "sparseout_keep" keeps the output (``remat_output=False``),
-"sparseout_remat" recomputes the noise and mask too (``remat_noise=True``); a model skips the
-noises it does not have.
+Noises: "sparseout" is the WRN's default for the platform, "sparseout_keep" keeps Sparseout's
+output (``remat_output=False``), "sparseout_policy" recomputes it from input and mask
+(``remat_output=True``, ``sparseout_jax.remat_policy``), "sparseout_remat" recomputes the noise
+and mask too (``remat_noise=True``); a model skips the noises it does not have.
 
 Writes ``benchmarks/results/memory_<platform>.{md,json}``.
 """
@@ -33,7 +33,7 @@ MODELS = {
   "wrn": (
     "WRN-28-10, batch 128",
     lambda noise, dtype: _steps.wrn_program(noise, dtype),
-    _steps.WRN_NOISES,
+    (*_steps.WRN_NOISES, "sparseout_policy"),
   ),
   "lstm": (
     "AWD-LSTM (PTB), batch 20 x bptt 70",

@@ -210,7 +210,7 @@ class WideResNet(nnx.Module):
     dtype: jnp.dtype = jnp.float32,
     record_sparsity: bool = False,
     remat_noise: bool = False,
-    remat_output: bool = True,
+    remat_output: bool | None = None,
     rngs: nnx.Rngs,
   ) -> None:
     """Build WRN-depth-width.
@@ -231,8 +231,11 @@ class WideResNet(nnx.Module):
       remat_noise: every block recomputes its noise and the second conv's input in the backward
         pass rather than keeping them (memory for compute; see ``BasicBlock``).
       remat_output: every Sparseout block recomputes only the noise's output from its input and
-        mask in the backward pass (default), so a step keeps no more than dropout's (see
-        ``BasicBlock``).
+        mask in the backward pass, so the step need not keep the output beside the input (see
+        ``BasicBlock``). None (default): on where the model is built on a GPU or TPU, off on CPU.
+        On CPU XLA already keeps no more than dropout's step without it, and with it a bfloat16
+        WRN-28-10 step keeps 2.25 bytes more per noised element (``benchmarks/results/memory_cpu.md``);
+        on the GPU the step without it kept one activation more than dropout's.
       rngs: parameter initialisation keys (stream "params").
     """
     if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
@@ -249,6 +252,8 @@ class WideResNet(nnx.Module):
       raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if not 0.0 <= float(rate) < 1.0:
       raise ValueError(f"rate (drop probability) must be in [0, 1), got {rate!r}")
+    if remat_output is None:
+      remat_output = jax.default_backend() != "cpu"
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
       raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
     self.depth, self.width, self.num_classes = depth, width, num_classes

@@ -51,7 +51,11 @@ def test_each_device_draws_only_its_shard(axis_type, q):
   # Each of the 8 devices makes the bits of its (8, 256) shard, not of the whole (64, 256).
   assert _largest_random_bits(text) == 8 * 256
   assert y.sharding.spec[0] == "data"
-  np.testing.assert_array_equal(np.asarray(y), np.asarray(sparseout(KEY, X, 0.5, q)))
+  # The mask is the same bits on one device or eight (which entries are dropped); the arithmetic
+  # is compiled once per partitioning, so the values agree to float32 rounding.
+  whole = np.asarray(sparseout(KEY, X, 0.5, q))
+  np.testing.assert_array_equal(np.asarray(y) == 0, whole == 0)
+  np.testing.assert_allclose(np.asarray(y), whole, rtol=1e-6, atol=0)
 
 
 def test_q2_layer_bit_equal_to_nnx_dropout_under_explicit_mesh():

@@ -75,7 +75,8 @@ def test_jacfwd_of_embedding_and_layer():
   x = jnp.linspace(-1, 1, 6)
   jf = jax.jacfwd(lambda x: layer(x, rngs=KEY))(x)
   jr = jax.jacrev(lambda x: layer(x, rngs=KEY))(x)
-  np.testing.assert_array_equal(np.asarray(jf), np.asarray(jr))
+  # Forward and reverse mode apply the same diagonal rule in different programs: rounding apart.
+  np.testing.assert_allclose(np.asarray(jf), np.asarray(jr), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("residual", ["mask", "key"])
@@ -94,7 +95,10 @@ def test_export_round_trip():
   f = jax.jit(lambda k, x: sparseout(k, x, 0.5, 1.5))
   exported = export.export(f)(KEY, X)
   assert exported.out_avals[0].shape == X.shape
-  np.testing.assert_array_equal(np.asarray(exported.call(KEY, X)), np.asarray(f(KEY, X)))
+  # The exported module is compiled anew on the way back: equal to float32 rounding.
+  np.testing.assert_allclose(
+    np.asarray(exported.call(KEY, X)), np.asarray(f(KEY, X)), rtol=1e-6, atol=0
+  )
   # With the derivative exported too (vjp_order=1), the gradient of the exported function is ours.
   grad = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(sparseout(KEY, x, 0.5, 1.5)))))
   exported = export.export(grad)(X)
