@@ -375,7 +375,9 @@ def run(program: Program, config: ml_collections.ConfigDict, workdir: str, state
       rs.epoch, rs.step_in_epoch = rs.epoch + 1, 0
       rs.stopped = r.end_of_epoch(EpochInfo(rs.epoch, rs.step, n_steps, rs.epoch_seconds))
       rs.epoch_sums, rs.window_sums, rs.epoch_seconds = {}, {}, 0.0
-      if rs.stopped or rs.epoch % int(config.checkpoint_every_epochs) == 0 or rs.epoch == num_epochs:
+      if (
+        rs.stopped or rs.epoch % int(config.checkpoint_every_epochs) == 0 or rs.epoch == num_epochs
+      ):
         r.save_ranked()
       if rs.stopped:
         finished = False

@@ -106,9 +106,7 @@ def measure_sparsity(
 def read_run(workdir: str) -> dict[str, Any]:
   """One finished run's numbers from its files: test error curve (metrics.jsonl) and sparsity."""
   rows = [
-    r
-    for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-    if "eval/error" in r
+    r for r in metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "eval/error" in r
   ]
   with open(os.path.join(workdir, "sparsity.json")) as f:
     sparsity = json.load(f)
