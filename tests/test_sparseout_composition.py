@@ -86,8 +86,10 @@ def test_checkpoint_remat_gives_the_same_gradient(residual):
     return jnp.tanh(sparseout(key, jnp.sin(x) * 2, 0.3, 1.5, residual=residual))
 
   loss = lambda f: lambda x: (f(x) ** 2).sum()  # noqa: E731
+  # Remat is not bit-exact (the recomputation is compiled apart), and the q < 2 derivative
+  # 1 - c |x|**(q/2 - 1) can cancel to a small number: float32 rounding, relative and absolute.
   chex.assert_trees_all_close(
-    jax.grad(loss(jax.checkpoint(layer)))(X), jax.grad(loss(layer))(X), rtol=1e-6
+    jax.grad(loss(jax.checkpoint(layer)))(X), jax.grad(loss(layer))(X), rtol=1e-6, atol=2e-6
   )
 
 
@@ -95,7 +97,9 @@ def test_saved_residuals_are_x_and_a_byte_mask_or_the_key(capsys):
   key = jax.random.key(0)
   print_saved_residuals(lambda x: sparseout(key, x, 0.5, 1.5), X)
   mask_res = capsys.readouterr().out
-  assert "f32[6,32] from the argument x" in mask_res and "bool[6,32]" in mask_res
+  # x itself (an argument, or x passed through the op's platform switch: the same buffer).
+  assert "f32[6,32] from the argument x" in mask_res or "f32[6,32] output of cond" in mask_res
+  assert "bool[6,32]" in mask_res
   print_saved_residuals(lambda x: sparseout(key, x, 0.5, 1.5, residual="key"), X)
   key_res = capsys.readouterr().out
   assert "key<fry>[]" in key_res and "bool" not in key_res
