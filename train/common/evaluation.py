@@ -1,15 +1,18 @@
-"""Sharded evaluation over a whole split, and the per-layer sparsity records measured there.
+"""Evaluation over a whole split as float64 sums of a jitted step, and the sparsity records measured there.
 
-:func:`eval_sums` runs a jitted ``eval_step(batch, mask) -> sums`` on global batches made of every
-process's part of a split (fixed-shape batches, the last padded and masked; every process runs the
-same number of steps) and adds the results up in float64. :func:`record_sums` (inside the step) and
+Two ways through a split, one way of adding up. :func:`eval_sums` runs a jitted
+``eval_step(batch, mask) -> sums`` on global batches made of every process's part of a split
+(fixed-shape batches, the last padded and masked; every process runs the same number of steps).
+:func:`carried_sums` runs ``eval_step(carry, window) -> (sums, carry)`` on windows in order, each
+starting from the state the one before left (a recurrent model reading long streams). Both add the
+sums up on the host in float64. :func:`record_sums` (inside the step) and
 :func:`mean_records` (on the host) turn the ``sparsity`` records a model sowed into the
 ``sparsity/<layer>/<stat>`` entries of an evaluation row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -46,10 +49,43 @@ def eval_sums(
   batches = data.iterate_eval(part, batch_size, num_batches=data.eval_num_batches(n, batch_size))
   for batch, mask in batches:
     batch = prepare(batch) if prepare is not None else batch
-    out = parallel.to_host(eval_step(*parallel.put_batch((batch, mask), mesh)))
-    out = jax.tree.map(lambda v: np.asarray(v, np.float64), out)
-    total = out if total is None else jax.tree.map(np.add, total, out)
+    total = _add(total, eval_step(*parallel.put_batch((batch, mask), mesh)))
   return total
+
+
+def carried_sums(
+  eval_step: Callable[[Any, Any], tuple[Any, Any]], windows: Iterable[Any], carry: Any
+) -> Any:
+  """Sum ``eval_step``'s outputs over ``windows`` in order, carrying a state from window to window.
+
+  With windows w_1 .. w_n and carry c_0, ``(s_i, c_i) = eval_step(c_{i-1}, w_i)`` and the result is
+  sum_i s_i (float64, added in window order). For a recurrent model that reads long streams in
+  fixed windows, the state at a window's end being the next window's start.
+
+  Args:
+    eval_step: jitted ``(carry, window) -> (pytree of sums, new carry)``.
+    windows: the windows in stream order (any pytrees ``eval_step`` takes).
+    carry: the state before the first window.
+
+  Returns:
+    The pytree of sums, float64 numpy leaves (None for no windows).
+
+  Example:
+    >>> step = lambda c, w: ({"sum": c + w}, c + w)  # the running total, summed
+    >>> float(carried_sums(step, [1.0, 2.0, 3.0], 0.0)["sum"])  # 1 + 3 + 6
+    10.0
+  """
+  total = None
+  for window in windows:
+    out, carry = eval_step(carry, window)
+    total = _add(total, out)
+  return total
+
+
+def _add(total: Any, out: Any) -> Any:
+  """``total + out`` leaf by leaf in float64 on the host (``out`` a step's device sums)."""
+  out = jax.tree.map(lambda v: np.asarray(v, np.float64), parallel.to_host(out))
+  return out if total is None else jax.tree.map(np.add, total, out)
 
 
 def record_sums(records: Any, mask: jax.Array) -> dict[str, jax.Array]:

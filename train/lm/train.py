@@ -25,10 +25,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-import sparseout_jax
 from models import lstm_lm
 from models.params import param_count
-from train.common import errors, loop, optimizers, parallel, plots
+from train.common import errors, evaluation, loop, optimizers, parallel, plots
 from train.common import results as results_lib
 from train.common import step as step_lib
 from train.lm import input_pipeline as ip
@@ -189,24 +188,22 @@ def make_train_step(
 
 
 def make_eval_step(graphdef: Any):
-  """Jitted evaluation window: ``(params, carry, x, y, w) -> (sum of w * nll, sum of w, carry, records)``.
+  """Jitted evaluation window: ``(params, carry, (x, y, w)) -> ((sums, records), carry)``.
 
-  ``records`` are the window's per-site sparsity records weighted by its real tokens (0 for a padded window).
+  ``sums`` = {"nll": sum of w * nll, "tokens": sum of w}; ``records`` are the window's per-site
+  sparsity records (:func:`train.common.evaluation.record_sums`: weighted by its real tokens, 0 for a
+  padded window).
   """
 
   @jax.jit
-  def step(params, carry, x, y, w):
+  def step(params, carry, window):
+    x, y, w = window
     model = nnx.merge(graphdef, params)
     (logits, new_carry, _), captured = nnx.capture(model, nnx.Intermediate)(x, carry)
     logz = jax.nn.logsumexp(logits, axis=-1)
     tgt = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
-    full = jnp.all(w > 0).astype(jnp.float32) * w.sum()
-    recs = {
-      f"{path}/{k}": v * full
-      for path, rec in sparseout_jax.sparsity_records(captured).items()
-      for k, v in rec.items()
-    }
-    return ((logz - tgt) * w).sum(), w.sum(), new_carry, {**recs, "count": full}
+    sums = {"nll": ((logz - tgt) * w).sum(), "tokens": w.sum()}
+    return (sums, evaluation.record_sums(captured, w)), new_carry
 
   return step
 
@@ -216,9 +213,12 @@ def evaluate(
 ) -> dict[str, float]:
   """Perplexity of ``data`` with fixed windows, every target token counted once; per-site sparsity records.
 
+  The windows run in stream order with the hidden state carried from each to the next
+  (:func:`train.common.evaluation.carried_sums`); ``loss`` = sum(w * nll) / sum(w) over every window.
+
   Args:
     graphdef: the model's graph definition.
-    params: unreplicated parameters.
+    params: the parameters (host arrays, or arrays on this process's devices).
     data: 1-D token ids.
     batch_size: parallel streams (10 valid, 1 test in AWD-LSTM).
     bptt: window length.
@@ -228,22 +228,20 @@ def evaluate(
     ``{"loss": mean nll, "ppl": exp(loss), "tokens": count, "sparsity/<site>/<stat>": ...}``.
   """
   eval_step = eval_step or make_eval_step(graphdef)
-  carry = nnx.merge(graphdef, params).init_carry(batch_size)
-  total, count, recs = 0.0, 0.0, {}
-  for b in ip.eval_batches(data, batch_size, bptt):
-    s, n, carry, r = eval_step(params, carry, b.inputs, b.targets, b.weights)
-    total += float(s)
-    count += float(n)
-    for k, v in r.items():
-      recs[k] = recs.get(k, 0.0) + float(v)
-  loss = total / count
-  n_rec = recs.pop("count", 0.0)
-  out = {"loss": loss, "ppl": perplexity(loss), "tokens": int(count)}
-  return out | {f"sparsity/{k}": v / n_rec for k, v in recs.items() if n_rec > 0}
+  sums, records = evaluation.carried_sums(
+    lambda carry, window: eval_step(params, carry, window),
+    ((b.inputs, b.targets, b.weights) for b in ip.eval_batches(data, batch_size, bptt)),
+    nnx.merge(graphdef, params).init_carry(batch_size),
+  )
+  loss = float(sums["nll"]) / float(sums["tokens"])
+  out = {"loss": loss, "ppl": perplexity(loss), "tokens": int(sums["tokens"])}
+  return out | evaluation.mean_records(records)
 
 
 def _load_data(config: ml_collections.ConfigDict) -> ip.Corpus:
-  corpus = ip.load_corpus(config.dataset, config.data_dir, allow_download=config.download)
+  corpus = ip.load_corpus(
+    config.dataset, config.data_dir, allow_download=config.download, verify=config.verify_data
+  )
   cut = lambda a, n: a[:n] if n else a  # noqa: E731
   return ip.Corpus(
     vocab=corpus.vocab,
