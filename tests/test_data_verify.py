@@ -52,9 +52,27 @@ def test_ptb_truncated_is_refused_unless_opted_out(tmp_path) -> None:
   msg = str(e.value)
   assert train in msg and "truncated" in msg and "5,101,618" in msg
   assert "--config.verify_data=False" in msg and "\n" not in msg
-  with datafiles.verification(False):  # a user's own cut: accepted, as asked
-    corpus = lm_ip.load_corpus("ptb", d)
+  corpus = lm_ip.load_corpus("ptb", d, verify=False)  # a user's own cut: accepted, as asked
   assert 0.55 < len(corpus.train) / 929_589 < 0.65
+
+
+def test_the_lm_program_passes_config_verify_data_to_its_reader(tmp_path) -> None:
+  # The config field, not a process-wide setting, decides: studies and direct calls of
+  # train_and_evaluate honour it as the command line does.
+  from train.lm import train as lm_train
+  from train.lm.configs import tiny
+
+  d = _copy_ptb(tmp_path)
+  train = os.path.join(d, "ptb.train.txt")
+  with open(train, "r+b") as f:
+    f.truncate(int(os.path.getsize(train) * 0.6))
+  config = tiny.get_config()
+  config.data_dir = d
+  with pytest.raises(errors.DataError, match="truncated"):
+    lm_train._load_data(config)
+  config.verify_data = False
+  # Read, not refused: the cut copy lacks words that only its missing 40 % held.
+  assert len(lm_train._load_data(config).vocab) < 10_000
 
 
 def test_ptb_garbled_bytes_are_named(tmp_path) -> None:
@@ -211,9 +229,7 @@ def test_verify_file_reports_size_before_hashing(tmp_path) -> None:
     datafiles.verify_file(f, datafiles.KnownFile(5, known.sha256))
   with pytest.raises(errors.DataError, match="is missing"):
     datafiles.verify_file(tmp_path / "y.bin", known)
-  with datafiles.verification(False):
-    datafiles.verify_file(tmp_path / "y.bin", known)  # opted out: not even looked at
-  assert datafiles.enabled(None)
+  datafiles.verify_file(tmp_path / "y.bin", known, verify=False)  # opted out: not looked at
   gz = tmp_path / "g.gz"
   gz.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05abc"))
   with pytest.raises(errors.DataError, match="truncated: header says \\(5,\\), 3 bytes"):

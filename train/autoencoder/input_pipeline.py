@@ -26,14 +26,16 @@ sha256_of = data.sha256_of
 read_idx = datafiles.read_idx
 
 
-def _images(path: pathlib.Path) -> np.ndarray:
-  x = read_idx(path)
+def _images(path: pathlib.Path, verify: bool) -> np.ndarray:
+  x = read_idx(path, verify=verify)
   if x.ndim != 3:
     raise DataError(f"{path} holds labels of shape {x.shape}, expected images (N, 28, 28)")
   return (x.reshape(len(x), -1).astype(np.float32) / 255.0).astype(np.float32)
 
 
-def load_mnist(source: str = "shipped", data_dir: str | None = None) -> dict[str, np.ndarray]:
+def load_mnist(
+  source: str = "shipped", data_dir: str | None = None, *, verify: bool = True
+) -> dict[str, np.ndarray]:
   """Load MNIST images as float32 in [0, 1], flattened to 784.
 
   Args:
@@ -41,6 +43,7 @@ def load_mnist(source: str = "shipped", data_dir: str | None = None) -> dict[str
       standard files in ``data_dir``: 60,000 train / 10,000 test) or ``"tfds"`` (``tensorflow_datasets``
       ``mnist``, already prepared; never downloads).
     data_dir: folder of the IDX files for ``"idx"`` (or the tfds data dir for ``"tfds"``).
+    verify: check the IDX files' sizes and sha256 (``config.verify_data``).
 
   Returns:
     ``{"train": (N, 784), "test": (M, 784)}`` float32 arrays.
@@ -49,7 +52,7 @@ def load_mnist(source: str = "shipped", data_dir: str | None = None) -> dict[str
     DataError: a file is missing or damaged; ValueError: an unknown source.
   """
   if source == "shipped":
-    x = _images(SHIPPED_DIR / "t10k-images-idx3-ubyte.gz")
+    x = _images(SHIPPED_DIR / "t10k-images-idx3-ubyte.gz", verify)
     return {"train": x[:SHIPPED_TRAIN_SIZE], "test": x[SHIPPED_TRAIN_SIZE:]}
   if source == "idx":
     if not data_dir:
@@ -62,8 +65,8 @@ def load_mnist(source: str = "shipped", data_dir: str | None = None) -> dict[str
         f"--config.data_dir={d} is not a folder (it should hold the four MNIST .gz files)"
       )
     return {
-      "train": _images(d / "train-images-idx3-ubyte.gz"),
-      "test": _images(d / "t10k-images-idx3-ubyte.gz"),
+      "train": _images(d / "train-images-idx3-ubyte.gz", verify),
+      "test": _images(d / "t10k-images-idx3-ubyte.gz", verify),
     }
   if source == "tfds":
     return _load_tfds(data_dir)

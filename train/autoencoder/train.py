@@ -178,7 +178,9 @@ def train_and_evaluate(
   """
   validate_config(config)
   if datasets is None:
-    datasets = input_pipeline.load_mnist(config.data_source, config.data_dir or None)
+    datasets = input_pipeline.load_mnist(
+      config.data_source, config.data_dir or None, verify=config.verify_data
+    )
   train_x, test_x = datasets["train"], datasets["test"]
   train_eval_x = train_x[: int(config.train_eval_size)]
   batch_size, eval_batch = int(config.batch_size), int(config.eval_batch_size)

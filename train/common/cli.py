@@ -24,7 +24,7 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from train.common import datafiles, distributed, errors, lock
+from train.common import distributed, errors, lock
 
 
 def _config_argv(argv: Sequence[str]) -> tuple[str | None, list[str]]:
@@ -113,7 +113,6 @@ def run(train_module: str) -> None:
     with (
       lock.hold_for_job(workdir, info.process_index, info.process_count),
       errors.reporting_full_disk(workdir),
-      datafiles.verification(bool(config.get("verify_data", True))),
     ):
       train = importlib.import_module(train_module)  # after jax.distributed is initialised
       out = train.train_and_evaluate(config, workdir)

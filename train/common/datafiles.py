@@ -8,17 +8,14 @@ core: milliseconds for PTB, WikiText-2 and MNIST, a fraction of a second for a C
 Users who train on their own modified copies turn it off with the config field ``verify_data``
 (``--config.verify_data=False``); the readers then still reject what they cannot parse (a bad
 archive, a wrong record size, bytes that are not UTF-8) with the same one-line error.
-:func:`train.common.cli.run` sets the process default from that field with :func:`verification`;
-readers called directly verify unless told otherwise.
+Each program passes that field to its reader as ``verify=``; readers verify unless told otherwise.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gzip
 import os
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -26,7 +23,6 @@ from train.common import errors
 from train.common.data import sha256_of
 
 OPT_OUT = "set --config.verify_data=False to use a modified copy on purpose"
-_enabled = [True]  # the process default (a list: set by the context manager below)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,38 +33,15 @@ class KnownFile:
   sha256: str
 
 
-@contextlib.contextmanager
-def verification(enabled: bool) -> Iterator[None]:
-  """Within the block, :func:`verify_file` with ``verify=None`` checks files only if ``enabled``.
-
-  Example:
-    >>> from train.common import datafiles
-    >>> with datafiles.verification(False):
-    ...   datafiles.enabled(None)
-    False
-  """
-  old = _enabled[0]
-  _enabled[0] = bool(enabled)
-  try:
-    yield
-  finally:
-    _enabled[0] = old
-
-
-def enabled(verify: bool | None) -> bool:
-  """``verify`` if given, else the process default set by :func:`verification` (True)."""
-  return _enabled[0] if verify is None else bool(verify)
-
-
 def verify_file(
-  path: str | os.PathLike, known: KnownFile, *, verify: bool | None = None, hint: str = ""
+  path: str | os.PathLike, known: KnownFile, *, verify: bool = True, hint: str = ""
 ) -> None:
   """Check that ``path`` is the standard file: first its size (cheap), then its sha256.
 
   Args:
     path: the file.
     known: its expected size and sha256.
-    verify: False skips the check; None uses the process default (:func:`verification`).
+    verify: False skips the check (a user's own modified copy).
     hint: appended to the message (e.g. where to get the original file).
 
   Raises:
@@ -83,7 +56,7 @@ def verify_file(
     ...   known = datafiles.KnownFile(3, hashlib.sha256(b"abc").hexdigest())
     ...   datafiles.verify_file(f.name, known)  # passes silently
   """
-  if not enabled(verify):
+  if not verify:
     return
   tail = f"{hint}; {OPT_OUT}" if hint else f"; {OPT_OUT}"
   try:
@@ -121,7 +94,7 @@ MNIST = {
 """The four files of http://yann.lecun.com/exdb/mnist/ (the repository ships the two t10k ones)."""
 
 
-def read_idx(path: str | os.PathLike, *, verify: bool | None = None) -> np.ndarray:
+def read_idx(path: str | os.PathLike, *, verify: bool = True) -> np.ndarray:
   """Read a gzipped IDX file (MNIST's format) into a uint8 array, verifying a standard file first.
 
   Args:

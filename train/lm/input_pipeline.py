@@ -201,7 +201,7 @@ def download(name: str, data_dir: str, timeout: float = 60.0) -> None:
 
 
 def ensure_files(
-  name: str, data_dir: str, allow_download: bool = False, *, verify: bool | None = None
+  name: str, data_dir: str, allow_download: bool = False, *, verify: bool = True
 ) -> list[str]:
   """Return the paths of the three split files, downloading them if allowed and missing.
 
@@ -212,7 +212,7 @@ def ensure_files(
     name: ``"ptb"`` or ``"wt2"``.
     data_dir: directory holding the files.
     allow_download: fetch missing files (needs network).
-    verify: check sizes and sha256; None: the process default (``config.verify_data``).
+    verify: check sizes and sha256 (``config.verify_data``; False for a modified corpus).
 
   Returns:
     Paths of train, valid, test.
@@ -242,7 +242,7 @@ def ensure_files(
 
 
 def load_corpus(
-  name: str, data_dir: str, allow_download: bool = False, *, verify: bool | None = None
+  name: str, data_dir: str, allow_download: bool = False, *, verify: bool = True
 ) -> Corpus:
   """Read and tokenise a corpus (vocabulary in order of first appearance, train then valid, test).
 

@@ -136,9 +136,7 @@ def decode_binary_records(
   return np.ascontiguousarray(images), labels
 
 
-def read_cifar_binary(
-  data_dir: str, name: str, split: str, *, verify: bool | None = None
-) -> ArrayDataset:
+def read_cifar_binary(data_dir: str, name: str, split: str, *, verify: bool = True) -> ArrayDataset:
   """Read a CIFAR split from the official binary archive (or its extracted folder) in `data_dir`.
 
   The archive is checked against its published size and sha256 on every read (~0.3 s for 170 MB,
@@ -196,10 +194,10 @@ def read_cifar_binary(
   return ArrayDataset(images, labels, NUM_CLASSES[name])
 
 
-def _check_batch_size(where: str, size: int, spec: dict, fname: str, verify: bool | None) -> None:
+def _check_batch_size(where: str, size: int, spec: dict, fname: str, verify: bool) -> None:
   record = spec["label_bytes"] + _PIXELS
   want = spec["records"][fname] * record
-  if datafiles.enabled(verify) and size != want:
+  if verify and size != want:
     raise errors.DataError(
       f"{where} is {size:,} bytes, expected {want:,} (truncated, or not the official batch); "
       f"{datafiles.OPT_OUT}"
@@ -207,7 +205,7 @@ def _check_batch_size(where: str, size: int, spec: dict, fname: str, verify: boo
 
 
 def _read_archive(
-  archive: str, spec: dict, split: str, verify: bool | None
+  archive: str, spec: dict, split: str, verify: bool
 ) -> list[tuple[np.ndarray, np.ndarray]]:
   parts = []
   try:
@@ -312,7 +310,7 @@ def load(
   *,
   synthetic_size: int = 512,
   seed: int = 0,
-  verify: bool | None = None,
+  verify: bool = True,
 ) -> ArrayDataset:
   """Load a split from the configured source.
 

@@ -27,13 +27,17 @@ FILES = {
 TRAIN_SIZE, TEST_SIZE = 8000, 2000
 
 
-def _read(kind: str, folder: pathlib.Path) -> np.ndarray:
+def _read(kind: str, folder: pathlib.Path, verify: bool) -> np.ndarray:
   # Size and sha256 checked on every read (train.common.datafiles): a damaged copy is a DataError.
-  return datafiles.read_idx(folder / FILES[kind][0])
+  return datafiles.read_idx(folder / FILES[kind][0], verify=verify)
 
 
 def load_mnist32(
-  folder: str | None = None, train_size: int = TRAIN_SIZE, test_size: int = TEST_SIZE
+  folder: str | None = None,
+  train_size: int = TRAIN_SIZE,
+  test_size: int = TEST_SIZE,
+  *,
+  verify: bool = True,
 ) -> dict[str, ArrayDataset]:
   """The shipped digits as ``{"train", "test"}`` ArrayDatasets of uint8 (N, 32, 32, 3) images.
 
@@ -43,6 +47,7 @@ def load_mnist32(
     folder: where the two t10k ``.gz`` files are (default: the repository's ``data/mnist``).
     train_size: how many of the first 8,000 images train.
     test_size: how many of the last 2,000 images test.
+    verify: check the files' sizes and sha256 (``config.verify_data``).
 
   Returns:
     The train and test splits, 10 classes.
@@ -56,8 +61,8 @@ def load_mnist32(
   if not 0 < test_size <= TEST_SIZE:
     raise ValueError(f"test_size must be in [1, {TEST_SIZE}], got {test_size}")
   d = pathlib.Path(folder) if folder else SHIPPED_DIR
-  digits = _read("images", d).reshape(-1, 28, 28)
-  labels = _read("labels", d).astype(np.int32)
+  digits = _read("images", d, verify).reshape(-1, 28, 28)
+  labels = _read("labels", d, verify).astype(np.int32)
   images = np.zeros((len(digits), 32, 32, 3), np.uint8)
   images[:, 2:30, 2:30, :] = digits[..., None]
   return {

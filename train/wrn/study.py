@@ -193,7 +193,11 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   from train.wrn import mnist, train
 
   study = config.study
-  data = mnist.load_mnist32(train_size=int(study.train_size), test_size=int(study.test_size))
+  data = mnist.load_mnist32(
+    train_size=int(study.train_size),
+    test_size=int(study.test_size),
+    verify=bool(config.verify_data),
+  )
   runs: dict[str, list[dict[str, Any]]] = {}
   for cond, name, seed, wd in st.each_run(study, workdir):
     if not os.path.exists(os.path.join(wd, "sparsity.json")):  # else the run is complete

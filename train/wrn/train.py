@@ -259,6 +259,7 @@ def load_datasets(config: ml_collections.ConfigDict) -> dict[str, input_pipeline
     "source": config.data_source,
     "synthetic_size": int(config.synthetic_size),
     "seed": int(config.data_seed),
+    "verify": bool(config.verify_data),
   }
   return {
     s: input_pipeline.load(config.dataset, s, config.data_dir or None, **kw)
