@@ -119,8 +119,13 @@ def test_racing_launches_take_a_stale_lock_once(tmp_path) -> None:
   assert os.listdir(tmp_path) == []  # the winner released it; no stale copies left behind
 
 
-def test_cli_refuses_a_taken_workdir_in_one_line(tmp_path) -> None:
-  """A second launch on a workdir held by a running process stops before writing anything."""
+@pytest.mark.parametrize(
+  "command",
+  ["train.autoencoder.main", "train.autoencoder.sweep", "train.lm.study", "train.wrn.study"],
+)
+def test_cli_refuses_a_taken_workdir_in_one_line(tmp_path, command) -> None:
+  """A second launch on a workdir held by a running process stops before writing anything:
+  the programs, the Figure 1 sweep and the studies alike."""
   holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
   try:
     me = lock.me()
@@ -131,7 +136,7 @@ def test_cli_refuses_a_taken_workdir_in_one_line(tmp_path) -> None:
     before = sorted(os.listdir(tmp_path))
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     env.pop("SPARSEOUT_TRACEBACK", None)
-    cmd = [sys.executable, "-m", "train.autoencoder.main", f"--workdir={tmp_path}"]
+    cmd = [sys.executable, "-m", command, f"--workdir={tmp_path}"]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
     lines = [x for x in p.stderr.splitlines() if x.startswith("error: ")]

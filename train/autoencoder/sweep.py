@@ -16,17 +16,8 @@ import os
 from typing import Any
 
 import ml_collections
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-from train.common import distributed, study
-
-flags.DEFINE_string("workdir", "runs/figure1", "Output folder of the sweep.")
-config_flags.DEFINE_config_file(
-  "config", "train/autoencoder/configs/figure1.py", "Sweep config file."
-)
-distributed.define_flags()
-FLAGS = flags.FLAGS
+from train.common import cli, study
 
 EQUAL_TOL = 1e-6
 
@@ -193,19 +184,15 @@ def run_sweep(base: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return {"results": results, "paths": paths, "ordering_held": held, "table": format_table(results)}
 
 
-def main(argv: list[str]) -> None:
-  """Run the sweep and print the table and where the outputs went."""
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  info = distributed.initialize_from_flags()
-  out = run_sweep(FLAGS.config, FLAGS.workdir)
-  if info.is_main:
-    print()
-    print(out["table"])
-    print()
-    for kind, path in out["paths"].items():
-      print(f"{kind}: {path}")
+def report(out: dict[str, Any]) -> None:
+  """Print the table and where the outputs went."""
+  print()
+  print(out["table"])
+  print()
+  for kind, path in out["paths"].items():
+    print(f"{kind}: {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.define_flags("train/autoencoder/configs/figure1.py", default_workdir="runs/figure1")
+  cli.run("train.autoencoder.sweep", entry="run_sweep", report=report)

@@ -7,7 +7,9 @@ A program's ``main.py`` is two lines::
     if __name__ == "__main__":
         cli.run("train.wrn.train")
 
-Running the same command again resumes from the workdir.
+The studies and the Figure 1 sweep start the same way, with their own entry function and report,
+so every command holds its workdir's lock and stops on a bad flag, a full disk or a data error with
+one line. Running the same command again resumes from the workdir.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import app, flags, logging
@@ -73,8 +75,9 @@ def config_error(argv: Sequence[str], default_config: str) -> str | None:
   return None
 
 
-def define_flags(default_config: str) -> None:
-  """Define ``--workdir`` (required), ``--config`` (default ``default_config``) and the process flags.
+def define_flags(default_config: str, default_workdir: str | None = None) -> None:
+  """Define ``--workdir`` (required unless ``default_workdir``), ``--config`` (default
+  ``default_config``) and the process flags.
 
   A relative ``default_config`` is taken from the repository root, so the programs run from any
   working directory; a missing config file or an unknown ``--config.<field>`` exits with one line.
@@ -87,7 +90,10 @@ def define_flags(default_config: str) -> None:
   if message:
     sys.exit(message)
   flags.DEFINE_string(
-    "workdir", None, "Output folder (checkpoints, metrics, plots).", required=True
+    "workdir",
+    default_workdir,
+    "Output folder (checkpoints, metrics, plots).",
+    required=default_workdir is None,
   )
   config_flags.DEFINE_config_file("config", default_config, "Training config file.")
   distributed.define_flags()
@@ -101,8 +107,24 @@ def summary(out: dict[str, Any]) -> dict[str, Any]:
   return {**last, "steps": out["steps"], **out.get("final", {})}
 
 
-def run(train_module: str) -> None:
-  """Parse the flags, initialise the processes, train ``train_module``'s program, print its summary."""
+def print_summary(out: dict[str, Any]) -> None:
+  """A training program's report: its :func:`summary` as JSON and where the outputs are."""
+  print(json.dumps(summary(out), indent=1, default=str))
+  print(f"outputs in {out['workdir']}")
+
+
+def run(
+  module: str,
+  entry: str = "train_and_evaluate",
+  report: Callable[[dict[str, Any]], None] = print_summary,
+) -> None:
+  """Parse the flags, initialise the processes, run ``module.entry(config, workdir)``, report it.
+
+  Args:
+    module: the program's module (imported after ``jax.distributed`` is initialised).
+    entry: the name of its ``(config, workdir) -> dict`` function.
+    report: prints the returned dict (process 0 only).
+  """
 
   def main(argv: list[str]) -> None:
     del argv
@@ -114,10 +136,9 @@ def run(train_module: str) -> None:
       lock.hold_for_job(workdir, info.process_index, info.process_count),
       errors.reporting_full_disk(workdir),
     ):
-      train = importlib.import_module(train_module)  # after jax.distributed is initialised
-      out = train.train_and_evaluate(config, workdir)
+      program = importlib.import_module(module)  # after jax.distributed is initialised
+      out = getattr(program, entry)(config, workdir)
     if info.is_main:
-      print(json.dumps(summary(out), indent=1, default=str))
-      print(f"outputs in {out['workdir']}")
+      report(out)
 
   app.run(main)

@@ -30,14 +30,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
 from flax import nnx
-from ml_collections import config_flags
 
 from models import lstm_lm
 from sparseout_jax import hoyer_sparsity
+from train.common import cli, plots
 from train.common import metrics as metrics_lib
-from train.common import plots
 from train.common import study as st
 
 NEAR_ZERO = 0.01  # |a| below this counts as a near-zero unit
@@ -304,12 +302,14 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   return dict(out, tables=tables, paths=paths)
 
 
-def main(argv: list[str]) -> None:
-  """Run the study; print the tables and where the outputs went."""
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  st.use_compile_cache(flags.FLAGS.workdir)
-  out = run_study(flags.FLAGS.config, flags.FLAGS.workdir)
+def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """The command's entry: :func:`run_study` with compiled steps cached under the workdir."""
+  st.use_compile_cache(workdir)
+  return run_study(config, workdir)
+
+
+def report(out: dict[str, Any]) -> None:
+  """Print the tables and where the outputs went."""
   print(out["title"], f"\nsearch (dropout rate -> best valid ppl): {out['search']}\n")
   for text in out["tables"].values():
     print(text + "\n")
@@ -319,6 +319,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   # Flags are defined here, not at import, so tests can import both studies (and the sweep).
-  flags.DEFINE_string("workdir", "runs/lm_study", "Output folder of the study.")
-  config_flags.DEFINE_config_file("config", "train/lm/configs/study.py", "Study config file.")
-  app.run(main)
+  cli.define_flags("train/lm/configs/study.py", default_workdir="runs/lm_study")
+  cli.run("train.lm.study", entry="main", report=report)

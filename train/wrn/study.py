@@ -20,14 +20,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags, logging
 from flax import nnx
-from ml_collections import config_flags
 
 import sparseout_jax
 from models.wrn import WideResNet
+from train.common import cli, plots
 from train.common import metrics as metrics_lib
-from train.common import plots
 from train.common import study as st
 
 STATS = ("hoyer", "zero_fraction", "mean")
@@ -231,12 +229,14 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]
   }
 
 
-def main(argv: list[str]) -> None:
-  """Run the study; print the table and where the outputs went."""
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  st.use_compile_cache(flags.FLAGS.workdir)
-  out = run_study(flags.FLAGS.config, flags.FLAGS.workdir)
+def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """The command's entry: :func:`run_study` with compiled steps cached under the workdir."""
+  st.use_compile_cache(workdir)
+  return run_study(config, workdir)
+
+
+def report(out: dict[str, Any]) -> None:
+  """Print the table and where the outputs went."""
   print(out["title"] + "\n\n" + out["table"] + "\n")
   if out["paired"] is not None:
     print(out["paired"] + "\n")
@@ -246,8 +246,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   # Flags are defined here, not at import, so tests can import both studies (and the sweep).
-  flags.DEFINE_string("workdir", "runs/wrn_study", "Output folder of the study.")
-  config_flags.DEFINE_config_file(
-    "config", "train/wrn/configs/study_mnist.py", "Study config file."
-  )
-  app.run(main)
+  cli.define_flags("train/wrn/configs/study_mnist.py", default_workdir="runs/wrn_study")
+  cli.run("train.wrn.study", entry="main", report=report)
