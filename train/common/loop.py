@@ -221,7 +221,12 @@ class _Run:
       best_mode=program.best_mode,
     )
     self.writer = metrics.MetricsWriter(workdir)
-    restored = _restore(self.ckpt, state)
+    self.bar, self._closed = None, False
+    try:
+      restored = _restore(self.ckpt, state)
+    except BaseException:
+      self.close(quietly=True)  # an unreadable checkpoint: no orbax thread left behind at exit
+      raise
     if restored is None:
       self.state, self.rs = state, RunState()
       self.writer.resume(0, None)
@@ -230,7 +235,6 @@ class _Run:
       self.rs = RunState.from_meta(self.ckpt.latest_step() or 0, meta)
       self.writer.resume(self.rs.metrics_rows, self.rs.step)
     self.pending: list[tuple[int, dict]] = []
-    self.bar = None
 
   def save(self, best: dict | None = None) -> None:
     """Checkpoint the device state and the run state (ranked by ``best`` if given)."""
@@ -288,11 +292,28 @@ class _Run:
       return stop
     return False
 
-  def close(self) -> None:
+  def __enter__(self) -> _Run:
+    return self
+
+  def __exit__(self, error_type, *_) -> None:
+    # After an error (or the preemption exit) its message must stay the last thing printed.
+    self.close(quietly=error_type is not None)
+
+  def close(self, quietly: bool = False) -> None:
+    """Finish the writes and release the writers, once. ``quietly``: on the way out of an error,
+    whose message must stay the last thing printed, a failure to close is ignored."""
+    if self._closed:
+      return
+    self._closed = True
+    closers = [self.writer.close, self.ckpt.close]
     if self.bar is not None:
-      self.bar.close()
-    self.writer.close()
-    self.ckpt.close()
+      closers.insert(0, self.bar.close)
+    for close in closers:
+      try:
+        close()
+      except Exception:
+        if not quietly:
+          raise
 
 
 def run(program: Program, config: ml_collections.ConfigDict, workdir: str, state: PyTree) -> Result:
@@ -315,8 +336,7 @@ def run(program: Program, config: ml_collections.ConfigDict, workdir: str, state
     CheckpointError: the latest checkpoint cannot be read.
   """
   validate_run_control(config)
-  with preemption.PreemptionHandler() as preempt:
-    r = _Run(program, config, workdir, state)
+  with preemption.PreemptionHandler() as preempt, _Run(program, config, workdir, state) as r:
     rs = r.rs
 
     def stop_if_requested() -> None:
@@ -383,7 +403,6 @@ def run(program: Program, config: ml_collections.ConfigDict, workdir: str, state
         finished = False
         break
       stop_if_requested()
-    r.close()
   if jax.process_index() == 0:
     plots.sparsity_plot(rs.history, os.path.join(workdir, "sparsity.png"))
   return Result(rs.history, rs.step, rs.skipped_steps, r.state, finished)
