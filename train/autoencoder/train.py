@@ -23,12 +23,13 @@ from flax import nnx
 from models.autoencoder import REGULARIZERS, Autoencoder, reconstruction_loss
 from sparseout_jax import hoyer_sparsity
 from train.autoencoder import input_pipeline
-from train.common import data, errors, evaluation, labels, loop, parallel
+from train.common import data, errors, evaluation, labels, loop, parallel, run_control
 from train.common import step as step_lib
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Check the config's values once, where they enter; raise ConfigError naming the field."""
+  run_control.validate_run_control(config)  # before the state is placed (param_sharding)
   if config.regularizer not in REGULARIZERS:
     raise errors.ConfigError(
       f"config.regularizer must be one of {REGULARIZERS}, got {config.regularizer!r}"
@@ -190,7 +191,7 @@ def train_and_evaluate(
   graphdef, params, rest = nnx.split(build_model(config), nnx.Param, ...)
   tx = make_optimizer(config)
   state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-  state = parallel.put_replicated(state, mesh)
+  state = parallel.put_state(state, mesh, config.param_sharding)
   train_step, eval_step = make_steps(graphdef, rest, tx, config, parallel.shardings(state))
   key = parallel.replicate_key(jax.random.key(int(config.seed)), mesh)
 

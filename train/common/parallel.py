@@ -1,4 +1,4 @@
-"""Data parallelism as ``jax.jit`` over a one-axis device mesh: global batch sharded, state replicated.
+"""Data parallelism as ``jax.jit`` over a one-axis device mesh: global batch sharded, state replicated or FSDP.
 
 Every program builds one :func:`make_mesh` whose ``"data"`` axis spans every device of every
 process. A batch is a *global* array: each process supplies its rows (:func:`put_batch`, which is
@@ -8,6 +8,11 @@ the whole global batch: XLA inserts the all-reduces of the gradients, BatchNorm 
 statistics of the global batch, and the library draws every noise mask for the global batch with
 the batch's sharding, each device making only its shard's bits. So the arithmetic does not depend on
 the device count (up to the order of the all-reduce's additions).
+
+With ``param_sharding="fsdp"`` (:func:`put_state`) the parameters and optimizer state are split
+over the same axis instead, each array on its largest axis divisible by the device count
+(:func:`fsdp_sharding`): each device holds 1/n of them, and XLA gathers the parameters where the
+step uses them and reduce-scatters the gradients; the step's arithmetic is the replicated one's.
 """
 
 from __future__ import annotations
@@ -69,6 +74,60 @@ def _global(x: Any, sharding: NamedSharding) -> jax.Array:
   """The same host value on every process -> a global array with ``sharding``."""
   x = np.asarray(x)
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+PARAM_SHARDINGS = ("replicated", "fsdp")
+"""The train state's layouts (``config.param_sharding``): every device holds all of it, or 1/n."""
+
+
+def fsdp_sharding(shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
+  """An array's FSDP sharding: its largest axis divisible by the device count split over ``"data"``.
+
+  Ties go to the first such axis; an array with no such axis (a scalar, a bias of odd length) is
+  replicated.
+
+  Args:
+    shape: the array's shape.
+    mesh: the ``("data",)`` mesh.
+
+  Returns:
+    The sharding.
+
+  Example:
+    >>> mesh = make_mesh(1)
+    >>> tuple(fsdp_sharding((784, 32), mesh).spec), tuple(fsdp_sharding((), mesh).spec)
+    (('data',), ())
+  """
+  n = mesh.shape[AXIS]
+  axes = [i for i, d in enumerate(shape) if d >= n and d % n == 0]
+  if not axes:
+    return replicated(mesh)
+  return batch_sharding(mesh, max(axes, key=lambda i: (shape[i], -i)))
+
+
+def put_state(state: dict, mesh: Mesh, param_sharding: str = "replicated") -> dict:
+  """Place a host train state on ``mesh``: replicated, or its params and optimizer state FSDP-split.
+
+  Args:
+    state: a dict with ``params`` and ``opt_state`` (the same values on every process); its other
+      entries (step, BatchNorm statistics) are replicated either way.
+    mesh: the mesh.
+    param_sharding: ``"replicated"`` or ``"fsdp"`` (:func:`fsdp_sharding` for each array of
+      ``params`` and ``opt_state``).
+
+  Returns:
+    The state as global arrays.
+
+  Raises:
+    ValueError: ``param_sharding`` is not one of :data:`PARAM_SHARDINGS`.
+  """
+  if param_sharding not in PARAM_SHARDINGS:
+    raise ValueError(f"param_sharding must be one of {PARAM_SHARDINGS}, got {param_sharding!r}")
+  if param_sharding == "replicated":
+    return put_replicated(state, mesh)
+  split = {k: v for k, v in state.items() if k in ("params", "opt_state")}
+  split = jax.tree.map(lambda x: _global(x, fsdp_sharding(np.shape(x), mesh)), split)
+  return put_replicated({k: v for k, v in state.items() if k not in split}, mesh) | split
 
 
 def put_replicated(tree: PyTree, mesh: Mesh) -> PyTree:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from train.common import errors
+from train.common import errors, parallel
 
 
 def add_run_control(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -23,6 +23,7 @@ def add_run_control(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.record_sparsity = True  # eval/sparsity/<layer>/{hoyer,zero_fraction} at every evaluation
   c.verify_data = True  # check standard data files' size and sha256 on every load (docs/faults.md)
   c.num_devices = 0  # 0: every device of every process; n: the first n (single process only)
+  c.param_sharding = "replicated"  # or "fsdp": params and optimizer state split over the devices
   return c
 
 
@@ -36,6 +37,11 @@ def validate_run_control(config: ml_collections.ConfigDict) -> None:
     raise errors.ConfigError(
       f"config.num_devices must be 0 (every device) or at most the {jax.local_device_count()} "
       f"local devices of a single-process run, got {n}"
+    )
+  sharding = config.get("param_sharding", "replicated")
+  if sharding not in parallel.PARAM_SHARDINGS:
+    raise errors.ConfigError(
+      f"config.param_sharding must be one of {parallel.PARAM_SHARDINGS}, got {sharding!r}"
     )
   if int(config.max_steps) == 0:
     raise errors.ConfigError("config.max_steps must be > 0, or -1 for no limit; got 0")

@@ -27,7 +27,7 @@ from flax import nnx
 
 from models import lstm_lm
 from models.params import param_count
-from train.common import errors, evaluation, loop, optimizers, parallel, plots
+from train.common import errors, evaluation, loop, optimizers, parallel, plots, run_control
 from train.common import results as results_lib
 from train.common import step as step_lib
 from train.lm import input_pipeline as ip
@@ -40,6 +40,7 @@ OPTIMIZERS = ("sgd", "ntasgd")
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Check the config's values once, where they enter; raise ConfigError naming the field."""
+  run_control.validate_run_control(config)  # before the state is placed (param_sharding)
   if config.compute_dtype not in DTYPES:
     raise errors.ConfigError(
       f"config.compute_dtype must be one of {tuple(DTYPES)}, got {config.compute_dtype!r}"
@@ -132,8 +133,7 @@ def init_state(
 ):
   """``(graphdef, state, tx)`` for a fresh run; ``state["carry"]`` is the global ``(B, H)`` hidden state.
 
-  With a ``mesh`` the state is placed on it: replicated, the carry split by stream (host arrays
-  otherwise).
+  With a ``mesh`` the state is placed on it (:func:`place`; host arrays otherwise).
   """
   model = build_model(config, vocab_size)
   graphdef, params = nnx.split(model)
@@ -145,13 +145,14 @@ def init_state(
     "carry": jax.tree.map(np.asarray, model.init_carry(config.batch_size)),
   }
   if mesh is not None:
-    state = place(state, mesh)
+    state = place(state, mesh, config.param_sharding)
   return graphdef, state, tx
 
 
-def place(state: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
-  """A host state on ``mesh``: replicated, the carry ``(B, H)`` split by stream."""
-  rest = parallel.put_replicated({k: v for k, v in state.items() if k != "carry"}, mesh)
+def place(state: PyTree, mesh: jax.sharding.Mesh, param_sharding: str = "replicated") -> PyTree:
+  """A host state on ``mesh``: replicated or FSDP (:func:`train.common.parallel.put_state`), the
+  carry ``(B, H)`` split by stream."""
+  rest = parallel.put_state({k: v for k, v in state.items() if k != "carry"}, mesh, param_sharding)
   return rest | {"carry": parallel.put_sharded(state["carry"], mesh)}
 
 
@@ -295,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = parallel.make_mesh(int(config.num_devices))
   corpus = _load_data(config)
   graphdef, host_state, tx = init_state(config, len(corpus.vocab))
-  state = place(host_state, mesh)
+  state = place(host_state, mesh, config.param_sharding)
   train_step = make_train_step(graphdef, tx, config, state)
   eval_step = make_eval_step(graphdef)
   streams = ip.batchify(corpus.train, config.batch_size)
@@ -372,7 +373,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   def best(stage_dir: str) -> tuple[PyTree, dict]:
     # A fresh template: the stage's own state was donated to its steps.
-    return loop.restore(stage_dir, place(host_state, mesh), best=True, best_metric="eval/ppl")
+    return loop.restore(
+      stage_dir, place(host_state, mesh, config.param_sharding), best=True, best_metric="eval/ppl"
+    )
 
   out = run_stage(0, workdir, int(config.num_epochs), state)
   final_dir, final, stage = workdir, out, 0
@@ -380,7 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     restored, _ = best(workdir)
     params = evaluated_params(restored)
     final_dir, stage = os.path.join(workdir, "finetune"), 1
-    start = start_averaging(place(host_state, mesh), params)
+    start = start_averaging(place(host_state, mesh, config.param_sharding), params)
     final = run_stage(1, final_dir, int(config.finetune_epochs), start)
   summary = {
     "history": final.history,

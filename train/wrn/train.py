@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from models.wrn import PLACEMENTS, REGULARIZERS, WideResNet
-from train.common import errors, evaluation, labels, loop, optimizers, parallel, plots
+from train.common import errors, evaluation, labels, loop, optimizers, parallel, plots, run_control
 from train.common import step as step_lib
 from train.wrn import augment, input_pipeline
 
@@ -34,6 +34,7 @@ REFERENCE_ERROR = {"cifar10": 3.89, "cifar100": 18.85}
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Check the config's values once, where they enter; raise ConfigError naming the field."""
+  run_control.validate_run_control(config)  # before the state is placed (param_sharding)
   choices = {
     "dataset": tuple(input_pipeline.NUM_CLASSES),
     "data_source": input_pipeline.SOURCES,
@@ -236,7 +237,8 @@ def init_state(
 ):
   """``(graphdef, state, tx)`` for a fresh run: state = {params, batch_stats, opt_state, step}.
 
-  The state is replicated over ``mesh`` when one is given (host arrays otherwise).
+  The state is placed on ``mesh`` when one is given (``config.param_sharding``: replicated or FSDP;
+  host arrays otherwise).
   """
   graphdef, params, batch_stats = nnx.split(
     build_model(config, num_classes), nnx.Param, nnx.BatchStat
@@ -249,7 +251,7 @@ def init_state(
     "step": jnp.zeros((), jnp.int32),
   }
   if mesh is not None:
-    state = parallel.put_replicated(state, mesh)
+    state = parallel.put_state(state, mesh, config.param_sharding)
   return graphdef, state, tx
 
 
