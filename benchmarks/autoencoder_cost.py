@@ -16,9 +16,7 @@ Writes ``benchmarks/results/autoencoder_cost_<platform>.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 
 import jax
@@ -26,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks import _timing
+from benchmarks import _timing, report
 from train.autoencoder import input_pipeline, train
 from train.autoencoder.configs import default
 from train.common import data, parallel
@@ -130,19 +128,8 @@ def main() -> None:
     parallel.put_batch(b, MESH) for b in data.iterate_epoch({"x": images}, args.batch, 0, 0)
   ]
   key = parallel.replicate_key(jax.random.key(0), MESH)
-  dev = jax.devices()[0]
-  machine = f"{dev.platform}: {getattr(dev, 'device_kind', '')}; {platform.processor() or platform.machine()}"
-  if dev.platform == "cpu":
-    with open("/proc/cpuinfo") as f:
-      cpu = next(
-        (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?"
-      )
-    machine = f"cpu: {cpu}, {os.cpu_count()} cores, {jax.local_device_count()} XLA device(s)"
-  print(
-    f"{machine}; jax {jax.__version__}; {source}, batch {args.batch}, {steps_per_epoch} steps/epoch"
-  )
-  load0 = os.getloadavg()[0]
-  print(f"load average at start: {os.getloadavg()}")
+  meta = report.metadata(args, source=source, steps_per_epoch=steps_per_epoch)
+  print(f"{meta['cpu']}; load average at start: {meta['load_average']}; {source}")
 
   methods = tuple(m for m in METHODS if m[0] in args.methods.split(","))
   if not methods or methods[0][0] != "backprop":
@@ -176,14 +163,10 @@ def main() -> None:
 
   names = [n for n, _ in methods]
   lines = [
-    f"# Autoencoder training cost (Table 1), {machine}",
-    "",
-    f"`python -m benchmarks.autoencoder_cost --rounds {args.rounds} --steps {args.steps} "
-    f"--methods {args.methods}`; jax {jax.__version__}; {source}; batch {args.batch}; rate {args.rate}; "
-    f"q {args.q} (sparseout, Bridgeout per-example masks); median over {args.rounds} alternating rounds "
-    f"of {args.steps}-step windows (Bridgeout {max(2, args.steps // 8)}); s/epoch = median wall s/step x "
-    f"{steps_per_epoch} steps; process CPU time = all threads of this process. "
-    f"Load average at start: {load0:.1f}, at end: {os.getloadavg()[0]:.1f}.",
+    f"{source}; batch {args.batch}; rate {args.rate}; q {args.q} (sparseout, Bridgeout per-example"
+    f" masks); median over {args.rounds} alternating rounds of {args.steps}-step windows (Bridgeout"
+    f" {max(2, args.steps // 8)}); s/epoch = median wall s/step x {steps_per_epoch} steps; process"
+    f" CPU time = all threads of this process. Load average at the end: {os.getloadavg()[0]:.1f}.",
     "",
     "| H | | " + " | ".join(n.capitalize() for n in names) + " | Sparseout / Dropout |",
     "|---|---|" + "---|" * (len(names) + 1),
@@ -201,9 +184,8 @@ def main() -> None:
       pr = res["sparseout_over_dropout_paired"]
       pw, pc = pr["wall"], pr["cpu"]
       lines.append(
-        f"| {hidden} | Sparseout / Dropout, paired rounds [95 % CI] | wall {pw['median']:.3f} "
-        f"[{pw['ci'][0]:.3f}, {pw['ci'][1]:.3f}] | process CPU {pc['median']:.3f} "
-        f"[{pc['ci'][0]:.3f}, {pc['ci'][1]:.3f}] |" + " |" * (len(names) - 1)
+        f"| {hidden} | Sparseout / Dropout, paired rounds [95 % CI] | wall {report.ratio_cell(pw)} "
+        f"| process CPU {report.ratio_cell(pc)} |" + " |" * (len(names) - 1)
       )
     if hidden in PAPER:
       p = dict(zip([n for n, _ in METHODS], PAPER[hidden], strict=True))
@@ -211,26 +193,12 @@ def main() -> None:
       lines.append(
         f"| {hidden} | paper (GTX 1080, s) | {row} | {p['sparseout'] / p['dropout']:.3f} |"
       )
-  text = "\n".join(lines) + "\n"
-  print(text)
-  stem = args.out or os.path.join(RESULTS, f"autoencoder_cost_{dev.platform}")
-  os.makedirs(os.path.dirname(stem), exist_ok=True)
-  with open(stem + ".md", "w") as f:
-    f.write(text)
-  with open(stem + ".json", "w") as f:
-    json.dump(
-      {
-        "machine": machine,
-        "jax": jax.__version__,
-        "args": vars(args),
-        "source": source,
-        "steps_per_epoch": steps_per_epoch,
-        "results": {str(k): v for k, v in results.items()},
-      },
-      f,
-      indent=1,
-    )
-  print(f"wrote {stem}.md and {stem}.json")
+  out_dir, stem = os.path.split(
+    args.out or os.path.join(RESULTS, f"autoencoder_cost_{meta['platform']}")
+  )
+  results = {str(k): v for k, v in results.items()}
+  path = report.write(out_dir, stem, meta, results, "\n".join(lines), __doc__)
+  print(open(path).read())
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from benchmarks import _steps, _timing, memory
+from benchmarks import _steps, _timing, memory, report
 from sparseout_jax import core, sparseout
 
 RATE = 0.5  # the op table's drop probability (the README's CPU table uses the same)
@@ -166,14 +166,14 @@ def op_markdown(rows: list[dict], meta: dict) -> str:
     if "skipped" in r:
       lines.append(f"| {r['dtype']} | {r['elements']:,} | skipped ({r['skipped']}) |")
       continue
-    cells = [_ratio_cell(r["vs_dropout"][n]) for n in names]
+    cells = [report.ratio_cell(r["vs_dropout"][n]) for n in names]
     g = r["gbps"]
     lines.append(
       f"| {r['dtype']} | {r['elements']:,} | {r['ms']['dropout']:.4g} | "
       + " | ".join(cells)
       + f" | {g['sparseout_q1.5']:.3g} | {g['dropout']:.3g} | {g['copy']:.3g} "
       f"| {100 * g['sparseout_q1.5'] / g['copy']:.0f} "
-      f"| {_ratio_cell(r['vs_dropout']['sparseout_q1.5_barrier'])} |"
+      f"| {report.ratio_cell(r['vs_dropout']['sparseout_q1.5_barrier'])} |"
     )
   return "\n".join(lines) + "\n"
 
@@ -269,7 +269,7 @@ def step_markdown(title: str, unit: str, groups: dict, meta: dict, note: str) ->
       continue
     for n, ms in res["ms"].items():
       ratio = res.get("vs_dropout", {}).get(n)
-      cell = _ratio_cell(ratio) if ratio else ("1" if n == "dropout" else "")
+      cell = report.ratio_cell(ratio) if ratio else ("1" if n == "dropout" else "")
       per_unit = res["flops_per_step"][n] / (res["units_per_s"][n] * ms / 1e3) / 1e9
       lines.append(
         f"| {g} | {n} | {ms:.3f} | {res['units_per_s'][n]:,.0f} | {cell} | {per_unit:.3g} "
@@ -351,27 +351,16 @@ def cudnn_check(size: dict) -> dict:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _ratio_cell(r: dict) -> str:
-  lo, hi = r["ci"]
-  return f"{r['median']:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
 def _header(title: str, meta: dict) -> list[str]:
-  lines = [f"# {title}", ""]
+  """The results head (:func:`benchmarks.report.header`), saying so when it is a smoke run."""
+  lines = report.header(title, meta).splitlines()
   if meta["smoke"]:
     lines += ["**Smoke run (tiny sizes, no GPU): these numbers only show the suite works.**", ""]
-  return lines + [
-    f"Command: `{meta['command']}`  ",
-    f"Date: {meta['date']}; device: {meta['device']}; JAX {meta['jax']}.",
-    "",
-  ]
+  return lines
 
 
 def _write(out: str, name: str, text: str) -> None:
-  path = os.path.join(out, name)
-  with open(path, "w") as f:
-    f.write(text)
-  log(f"wrote {path}")
+  log(f"wrote {report.write_text(os.path.join(out, name), text)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,13 +379,12 @@ def main(argv: list[str] | None = None) -> int:
   platform = jax.devices()[0].platform
   if not a.smoke and platform != "gpu":
     log(f"warning: running the full suite on {platform}, not a GPU")
-  meta = {
-    **memory.device_meta(
-      os.environ.get("GPU_SUITE_COMMAND")
-      or "python -m benchmarks.gpu_suite " + " ".join(sys.argv[1:] if argv is None else argv)
-    ),
-    "smoke": a.smoke,
-  }
+  meta = report.metadata(
+    a,
+    command=os.environ.get("GPU_SUITE_COMMAND")
+    or "python -m benchmarks.gpu_suite " + " ".join(sys.argv[1:] if argv is None else argv),
+    smoke=a.smoke,
+  )
   parts = a.parts.split(",")
   for part in parts:
     if part not in PARTS:
@@ -405,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
   for part in PARTS:  # in this order: the cheap tables first, WRN-28-10 (long compiles) last
     if part in parts:
       log(f"{part} table")
-      res = {"meta": meta, **PARTS[part](cfg, budget, meta, out, platform)}
-      _dump(out, f"gpu_{part}.json", res)
+      res = PARTS[part](cfg, budget, meta, out, platform)
+      report.write_json(os.path.join(out, f"gpu_{part}.json"), {"meta": meta, **res})
       ok = ok and res.get("cudnn_check", {}).get("ok", True)
   write_memory_table(out, meta)
   log(f"done, {budget.left():.0f} s of the budget left")
@@ -528,14 +516,8 @@ def write_memory_table(out: str, meta: dict) -> None:
       dates.append(f"{part}: {res['meta']['date']}")
   if table:
     title = "Train-step memory (from gpu_lstm.json, gpu_lstm_cudnn.json and gpu_wrn.json)"
-    _write(
-      out, "gpu_memory.md", memory.to_markdown(table, title, {**meta, "date": "; ".join(dates)})
-    )
-
-
-def _dump(out: str, name: str, obj: dict) -> None:
-  with open(os.path.join(out, name), "w") as f:
-    json.dump(obj, f, indent=1, default=str)
+    head = "\n".join(_header(title, {**meta, "date": "; ".join(dates)}))
+    _write(out, "gpu_memory.md", head + "\n" + memory.to_markdown(table))
 
 
 if __name__ == "__main__":

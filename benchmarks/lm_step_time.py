@@ -11,16 +11,13 @@ per variant and the step-time ratio to dropout (median over rounds).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 
 import jax
 import numpy as np
 
-from benchmarks import _timing
+from benchmarks import _timing, report
 from train.common import parallel
 from train.lm import input_pipeline as ip
 from train.lm import train
@@ -124,24 +121,11 @@ def main() -> None:
     "rounds": a.rounds,
     "steps_per_round": a.steps,
     "compile_and_warmup_s": compile_s,
-    "devices": [str(d) for d in jax.local_devices()],
-    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (shared)",
-    "jax": jax.__version__,
     "variants": rows,
   }
-  os.makedirs(a.out, exist_ok=True)
-  stem = os.path.join(a.out, f"lm_step_time_{a.config}")
-  with open(stem + ".json", "w") as f:
-    json.dump(result, f, indent=1)
   lines = [
-    f"# LSTM LM train step, {a.config} (batch {base.batch_size}, bptt {a.bptt}), {result['machine']}",
-    "",
-    f"Command: `python -m benchmarks.lm_step_time --config={a.config} --variants={a.variants} "
-    f"--rounds={a.rounds} --steps={a.steps}`  ",
-    f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; JAX {jax.__version__}; load average"
-    f" at the end {os.getloadavg()[0]:.1f}.",
-    "",
-    f"{a.rounds} rounds x {a.steps} steps, variants alternated within each round; medians.",
+    f"{a.config}: batch {base.batch_size}, bptt {a.bptt}. {a.rounds} rounds x {a.steps} steps, "
+    "variants alternated within each round; medians.",
     "",
     "Wall time depends on the other jobs sharing the machine; the CPU seconds of this process",
     "(user + system) are the steadier measure of the work a step costs.",
@@ -149,21 +133,35 @@ def main() -> None:
     "Paired: the median over rounds of the per-round ratio, with its 95 % percentile-bootstrap CI",
     "(2000 resamples, seed 0).",
     "",
-    f"| variant | wall s/step | tokens/s (wall) | wall ratio vs {ref} (of medians) | paired wall "
-    f"[95 % CI] | CPU s/step | CPU ratio vs {ref} (of medians) | paired CPU [95 % CI] |",
-    "|---|---|---|---|---|---|---|---|",
   ]
-  for n, r in rows.items():
-    pw, pc = r[f"paired_vs_{ref}"]["wall"], r[f"paired_vs_{ref}"]["cpu"]
-    lines.append(
-      f"| {n} | {r['step_s_median']:.2f} | {r['tokens_per_s']:.0f} | {r[f'ratio_vs_{ref}_median']:.3f} "
-      f"| {pw['median']:.3f} [{pw['ci'][0]:.3f}, {pw['ci'][1]:.3f}] "
-      f"| {r['cpu_s_per_step_median']:.2f} | {r[f'cpu_ratio_vs_{ref}_median']:.3f} "
-      f"| {pc['median']:.3f} [{pc['ci'][0]:.3f}, {pc['ci'][1]:.3f}] |"
+  header = (
+    "variant",
+    "wall s/step",
+    "tokens/s (wall)",
+    f"wall ratio vs {ref} (of medians)",
+    "paired wall [95 % CI]",
+    "CPU s/step",
+    f"CPU ratio vs {ref} (of medians)",
+    "paired CPU [95 % CI]",
+  )
+  table = [
+    (
+      n,
+      f"{r['step_s_median']:.2f}",
+      f"{r['tokens_per_s']:.0f}",
+      f"{r[f'ratio_vs_{ref}_median']:.3f}",
+      report.ratio_cell(r[f"paired_vs_{ref}"]["wall"]),
+      f"{r['cpu_s_per_step_median']:.2f}",
+      f"{r[f'cpu_ratio_vs_{ref}_median']:.3f}",
+      report.ratio_cell(r[f"paired_vs_{ref}"]["cpu"]),
     )
-  with open(stem + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+    for n, r in rows.items()
+  ]
+  markdown = "\n".join(lines) + "\n" + report.table(header, table)
+  path = report.write(
+    a.out, f"lm_step_time_{a.config}", report.metadata(a), result, markdown, __doc__
+  )
+  print(open(path).read())
 
 
 if __name__ == "__main__":

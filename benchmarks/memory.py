@@ -21,13 +21,11 @@ Writes ``benchmarks/results/memory_<platform>.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 
 import jax
 
-from benchmarks import _steps
+from benchmarks import _steps, report
 
 MODELS = {
   "wrn": (
@@ -68,51 +66,54 @@ def extra_bytes(rows: dict[str, dict]) -> dict[str, float]:
   return out
 
 
-def to_markdown(table: dict, title: str, meta: dict) -> str:
+TITLE = "Train-step memory: Sparseout, dropout, no noise"
+
+
+def to_markdown(table: dict) -> str:
   """One row per (model, dtype, noise): temp and argument MiB, and the extra bytes per noised element.
+
+  The body of a results file (:func:`benchmarks.report.header` is its head).
 
   Args:
     table: {model label: {dtype: {noise: stats}}}.
-    title: the heading.
-    meta: "command", "date", "device", "jax".
   """
   mib = 1 << 20
   lines = [
-    f"# {title}",
-    "",
-    f"Command: `{meta['command']}`  ",
-    f"Date: {meta['date']}; device: {meta['device']}; JAX {meta['jax']}.",
     "Bytes from XLA's `compiled.memory_analysis()` of one train step (forward, backward, update; the"
     " state donated). Noised elements: the elements of every tensor a noise layer acts on in one step."
     " Extra B/elem: the temp-bytes difference divided by them.",
     "",
-    "| model | dtype | noise | temp MiB | argument MiB | noised elements | extra B/elem vs dropout"
-    " | extra B/elem vs no noise |",
-    "|---|---|---|---|---|---|---|---|",
   ]
+  rows = []
   for model, by_dtype in table.items():
-    for dtype, rows in by_dtype.items():
-      extra = extra_bytes(rows)
-      for noise, r in rows.items():
+    for dtype, by_noise in by_dtype.items():
+      extra = extra_bytes(by_noise)
+      for noise, r in by_noise.items():
         vs_drop = extra.get(f"{noise}_vs_dropout")
         vs_none = extra.get(f"{noise}_vs_none")
-        lines.append(
-          f"| {model} | {dtype} | {noise} | {r['temp'] / mib:.1f} | {r['argument'] / mib:.1f} "
-          f"| {r['noised']:,} | {'' if vs_drop is None else f'{vs_drop:.3f}'} "
-          f"| {'' if vs_none is None else f'{vs_none:.3f}'} |"
+        rows.append(
+          (
+            model,
+            dtype,
+            noise,
+            f"{r['temp'] / mib:.1f}",
+            f"{r['argument'] / mib:.1f}",
+            f"{r['noised']:,}",
+            "" if vs_drop is None else f"{vs_drop:.3f}",
+            "" if vs_none is None else f"{vs_none:.3f}",
+          )
         )
-  return "\n".join(lines) + "\n"
-
-
-def device_meta(command: str) -> dict:
-  """Command, UTC date, device kind and JAX version, for a results header."""
-  d = jax.devices()[0]
-  return {
-    "command": command,
-    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    "device": f"{d.platform} ({d.device_kind}), {os.cpu_count()} host cores",
-    "jax": jax.__version__,
-  }
+  header = (
+    "model",
+    "dtype",
+    "noise",
+    "temp MiB",
+    "argument MiB",
+    "noised elements",
+    "extra B/elem vs dropout",
+    "extra B/elem vs no noise",
+  )
+  return "\n".join(lines) + "\n" + report.table(header, rows) + "\n"
 
 
 def main() -> None:
@@ -135,17 +136,11 @@ def main() -> None:
         stats, _ = measure(make(noise, dtype))
         table.setdefault(label, {}).setdefault(dtype, {})[noise] = stats
         print(f"{label} {dtype} {noise}: {stats} ({time.perf_counter() - t0:.0f} s)", flush=True)
-  meta = device_meta(
-    f"python -m benchmarks.memory --models {a.models} --dtypes {a.dtypes} --noises {a.noises}"
-  )
   extra = {m: {d: extra_bytes(rows) for d, rows in by.items()} for m, by in table.items()}
-  stem = os.path.join(a.out, f"memory_{jax.devices()[0].platform}")
-  os.makedirs(a.out, exist_ok=True)
-  with open(stem + ".json", "w") as f:
-    json.dump({"meta": meta, "table": table, "extra_bytes_per_noised": extra}, f, indent=1)
-  with open(stem + ".md", "w") as f:
-    f.write(to_markdown(table, "Train-step memory: Sparseout, dropout, no noise", meta))
-  print(open(stem + ".md").read())
+  results = {"table": table, "extra_bytes_per_noised": extra}
+  stem = f"memory_{jax.devices()[0].platform}"
+  path = report.write(a.out, stem, report.metadata(a), results, to_markdown(table), TITLE)
+  print(open(path).read())
 
 
 if __name__ == "__main__":

@@ -12,13 +12,12 @@ the WRN program reads the archive once per split, so a run verifies it twice.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 
+from benchmarks import report
 from train.autoencoder import input_pipeline as ae_ip
 from train.common import datafiles
 from train.lm import input_pipeline as lm_ip
@@ -69,7 +68,9 @@ def main() -> None:
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--out", default="benchmarks/results/verify_data_cpu")
   args = ap.parse_args()
-  load_average = round(os.getloadavg()[0], 1)  # a shared machine: other work slows the hashing
+  meta = report.metadata(
+    args
+  )  # the load at the start: on a shared machine other work slows hashing
   rows = []
   load = loaders(args.data)
   for name, files in datasets(args.data).items():
@@ -108,33 +109,23 @@ def main() -> None:
           "load_s": None,
         }
       )
-  record = {
-    "command": f"python -m benchmarks.verify_data --data {args.data} --repeats {args.repeats}",
-    "date": time.strftime("%Y-%m-%d", time.gmtime()),
-    "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
-    "load_average_1min_at_start": load_average,
-    "rows": rows,
-  }
-  with open(args.out + ".json", "w") as f:
-    json.dump(record, f, indent=1)
-  lines = [
-    "# Verifying the data on every load: cost",
-    "",
-    f"`{record['command']}`, {record['date']}, {record['machine']} (1-min load average "
-    f"{load_average} at the start); median wall time, files in the page cache.",
-    "",
-    "| dataset | MB hashed | verify (s) | whole load (s) | MB/s |",
-    "|---|---:|---:|---:|---:|",
-  ]
-  for r in rows:
-    load_s = "" if r["load_s"] is None else f"{r['load_s']:.3f}"
-    mb = r["bytes"] / 1e6
-    lines.append(
-      f"| {r['dataset']} | {mb:.1f} | {r['verify_s']:.3f} | {load_s} | {mb / r['verify_s']:.0f} |"
+  table = [
+    (
+      r["dataset"],
+      f"{r['bytes'] / 1e6:.1f}",
+      f"{r['verify_s']:.3f}",
+      "" if r["load_s"] is None else f"{r['load_s']:.3f}",
+      f"{r['bytes'] / 1e6 / r['verify_s']:.0f}",
     )
-  with open(args.out + ".md", "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+    for r in rows
+  ]
+  markdown = (
+    "Median wall time, files in the page cache; the load average is the one at the start.\n\n"
+    + report.table(("dataset", "MB hashed", "verify (s)", "whole load (s)", "MB/s"), table)
+  )
+  out_dir, stem = os.path.split(args.out)
+  title = "Verifying the data on every load: cost"
+  print(open(report.write(out_dir, stem, meta, {"rows": rows}, markdown, title)).read())
 
 
 if __name__ == "__main__":

@@ -20,13 +20,10 @@ the multiply-add count), which gives 1.8x higher rates.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import time
 
 import jax
 
-from benchmarks import _timing
+from benchmarks import _timing, report
 from train.wrn import augment, input_pipeline
 
 # WRN-28-10 train step, GFLOP per image: XLA's cost analysis (CPU, float32, batch 128, 2026-11-25),
@@ -76,32 +73,26 @@ def runners(batch: int, num_examples: int = 50000) -> dict:
 def to_markdown(res: dict) -> str:
   """Images/s of each producer (wall and per CPU-second) and the H100 consumption estimate."""
   lines = [
-    "# WRN input pipeline, images/s",
+    f"Batch {res['batch']}; medians of {res['rounds']} alternating rounds. Host producers run on one"
+    " thread; 'per CPU-s' divides by this process's CPU time, the steadier figure on a shared"
+    " machine.",
     "",
-    f"Command: `{res['command']}`  ",
-    f"Date: {res['date']}; {res['device']}; batch {res['batch']}; medians of {res['rounds']} "
-    "alternating rounds. Host producers run on one thread; 'per CPU-s' divides by this process's"
-    " CPU time, the steadier figure on a shared machine.",
-    "",
-    "| producer | images/s (wall) | images per CPU-s |",
-    "|---|---|---|",
-  ]
-  for n, r in res["images_per_s"].items():
-    lines.append(f"| {n} | {r['wall']:,.0f} | {r['cpu']:,.0f} |")
-  lines += [
+    report.table(
+      ("producer", "images/s (wall)", "images per CPU-s"),
+      [(n, f"{r['wall']:,.0f}", f"{r['cpu']:,.0f}") for n, r in res["images_per_s"].items()],
+    ),
     "",
     f"One H100 training WRN-28-10 in bfloat16 ({H100_BF16_TFLOPS:.0f} TFLOP/s dense peak) consumes,"
     " in images/s:",
     "",
-    "| GFLOP per image (fwd + bwd) | " + " | ".join(f"{int(100 * m)} % MFU" for m in MFUS) + " |",
-    "|---|" + "---|" * len(MFUS),
+    report.table(
+      ("GFLOP per image (fwd + bwd)", *(f"{int(100 * m)} % MFU" for m in MFUS)),
+      [
+        (f"{GFLOP_PER_IMAGE[name]} ({name})", *(f"{v:,.0f}" for v in by_mfu.values()))
+        for name, by_mfu in res["h100_estimate"].items()
+      ],
+    ),
   ]
-  for name, by_mfu in res["h100_estimate"].items():
-    lines.append(
-      f"| {GFLOP_PER_IMAGE[name]} ({name}) | "
-      + " | ".join(f"{v:,.0f}" for v in by_mfu.values())
-      + " |"
-    )
   return "\n".join(lines) + "\n"
 
 
@@ -117,12 +108,7 @@ def main() -> None:
   for r in run.values():
     r(2)  # compile, warm
   med = _timing.medians(_timing.alternating_rounds(run, a.rounds, a.batches))
-  d = jax.devices()[0]
   res = {
-    "command": f"python -m benchmarks.wrn_pipeline --batch {a.batch} --rounds {a.rounds} "
-    f"--batches {a.batches}",
-    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    "device": f"{d.platform} ({d.device_kind}), {os.cpu_count()} host cores",
     "batch": a.batch,
     "rounds": a.rounds,
     "images_per_s": {n: {c: a.batch / s for c, s in m.items()} for n, m in med.items()},
@@ -130,13 +116,9 @@ def main() -> None:
       name: {m: m * H100_BF16_TFLOPS * 1e3 / g for m in MFUS} for name, g in GFLOP_PER_IMAGE.items()
     },
   }
-  os.makedirs(a.out, exist_ok=True)
-  stem = os.path.join(a.out, "wrn_input_pipeline")
-  with open(stem + ".json", "w") as f:
-    json.dump(res, f, indent=1)
-  with open(stem + ".md", "w") as f:
-    f.write(to_markdown(res))
-  print(to_markdown(res))
+  title = "WRN input pipeline, images/s"
+  path = report.write(a.out, "wrn_input_pipeline", report.metadata(a), res, to_markdown(res), title)
+  print(open(path).read())
 
 
 if __name__ == "__main__":

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 
 import jax
 
-from benchmarks import _timing
+from benchmarks import _timing, report
 from train.common import parallel
 from train.wrn import augment, input_pipeline, train
 from train.wrn.configs import wrn28_10_cifar10
@@ -126,13 +124,10 @@ def measure(args: argparse.Namespace, depth: int, width: int) -> dict:
   return out
 
 
-def to_markdown(results: list[dict], meta: dict) -> str:
+def to_markdown(results: list[dict]) -> str:
   """A results table: median step time, images/s and the sparseout/dropout ratios per model."""
   lines = [
-    f"# WRN training-step time ({meta['platform']}, {meta['device']})",
-    "",
-    f"Command: `{meta['command']}`  ",
-    f"Date: {meta['date']}; JAX {meta['jax']}; {meta['devices']} device(s); synthetic CIFAR-shaped batches.",
+    "Synthetic CIFAR-shaped batches.",
     "Ratios are medians of per-round ratios (variants alternate within each round); the machine was shared.",
     "CIs: 95 % percentile bootstrap of that median over rounds (2000 resamples, seed 0).",
     "",
@@ -190,24 +185,10 @@ def main() -> None:
       flush=True,
     )
     results.append(res)
-  plat = jax.devices()[0].platform
-  meta = {
-    "platform": plat,
-    "device": jax.devices()[0].device_kind,
-    "devices": jax.local_device_count(),
-    "cpu": platform.processor() or platform.machine(),
-    "jax": jax.__version__,
-    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    "command": "python -m benchmarks.wrn_step_time "
-    + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
-  }
-  os.makedirs(args.out, exist_ok=True)
-  stem = os.path.join(args.out, f"wrn_step_time_{plat}{args.suffix}")
-  with open(stem + ".json", "w") as f:
-    json.dump({"meta": meta, "results": results}, f, indent=1, default=float)
-  with open(stem + ".md", "w") as f:
-    f.write(to_markdown(results, meta))
-  print(f"wrote {stem}.json and {stem}.md")
+  stem = f"wrn_step_time_{jax.devices()[0].platform}{args.suffix}"
+  title = "WRN training-step time"
+  path = report.write(args.out, stem, report.metadata(args), results, to_markdown(results), title)
+  print(f"wrote {path} and its .json")
 
 
 if __name__ == "__main__":
