@@ -32,8 +32,8 @@ def metadata(
     **extra: more entries.
 
   Example:
-    >>> sorted(metadata())[:3]
-    ['command', 'cpu', 'date']
+    >>> sorted(metadata(note="x"))[:4]
+    ['args', 'command', 'cpu', 'date']
   """
   dev = jax.devices()[0]
   return {
