@@ -1,4 +1,4 @@
-"""Fast `a ** e` for a >= 0 and a static exponent e."""
+"""Fast `a ** e` for a >= 0 and a static exponent e, and a sign transfer without `sign`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,11 @@ _MAX_INT_POWER = 8
 def abs_pow(a: jax.Array, e: float) -> jax.Array:
   """Computes `a ** e` for non-negative `a` and a static real exponent `e`.
 
-  a ** (n / 2**k) = (sqrt^k(a)) ** n when that form is short; `lax.pow` otherwise.
+  For e = n / 2**k (k <= 3, |n| <= 8) the binary expansion of |e| = i + sum_j b_j 2**-j
+  gives a ** |e| = a**i * prod_{b_j = 1} a**(2**-j), each factor a term of the chain
+  sqrt(a), sqrt(sqrt(a)), ...: a**0.75 = sqrt(a) * sqrt(sqrt(a)), two roots and one
+  product (fewer roundings than (a**0.25)**3). A negative e takes the reciprocal, which
+  XLA turns into rsqrt where the last factor is a root. Other exponents use `lax.pow`.
   0 ** e is 0 for e > 0, 1 for e == 0 and inf for e < 0, as `pow`.
 
   Args:
@@ -26,17 +30,30 @@ def abs_pow(a: jax.Array, e: float) -> jax.Array:
   Returns:
     `a ** e`, with the dtype of `a`.
   """
+  chain = root_chain(e)
+  if chain is None:
+    return lax.pow(a, jnp.asarray(e, a.dtype))
+  k, n = chain
+  whole, frac = divmod(abs(n), 2**k)
+  out = lax.integer_pow(a, whole) if whole else None
+  root = a
+  for j in range(k - 1, -1, -1):  # bit j of frac weighs 2**(j - k): the (k - j)-th root
+    root = jnp.sqrt(root)
+    if (frac >> j) & 1:
+      out = root if out is None else out * root
+  if out is None:
+    return jnp.ones_like(a)
+  return out if n > 0 else 1.0 / out
+
+
+def root_chain(e: float) -> tuple[int, int] | None:
+  """(k, n) with e = n / 2**k, k <= 3 and |n| <= 8, the exponents `abs_pow` takes by roots;
+  None for the others (`lax.pow`)."""
   for k in range(_MAX_ROOTS + 1):
     n = e * 2**k
     if n == round(n) and abs(n) <= _MAX_INT_POWER:
-      r = a
-      for _ in range(k):
-        r = jnp.sqrt(r)
-      n = int(n)
-      if n == 0:
-        return jnp.ones_like(a)
-      return lax.integer_pow(r, n)
-  return lax.pow(a, jnp.asarray(e, a.dtype))
+      return k, round(n)
+  return None
 
 
 def abs_pow_traced(a: jax.Array, e: jax.Array) -> jax.Array:
@@ -54,3 +71,22 @@ def abs_pow_traced(a: jax.Array, e: jax.Array) -> jax.Array:
     `a ** e`, with the dtype of `a`.
   """
   return jnp.exp(e.astype(a.dtype) * jnp.log(a))
+
+
+def with_sign_of(m: jax.Array, x: jax.Array) -> jax.Array:
+  """sign(x) * m for m >= 0 (or NaN) of x's dtype: x's sign bit ORed into m's bits.
+
+  Exact, as sign(x) * m, except at x = +-0, where it gives +-m rather than 0 (callers pass
+  an m that is 0 there) and at NaN x (m's value, signed). Two integer operations where
+  `jnp.sign` takes five (two compares, a conversion, a copysign and a select).
+
+  Args:
+    m: a non-negative floating array.
+    x: a floating array of m's dtype and shape.
+
+  Returns:
+    m with the sign of x.
+  """
+  bits = jnp.dtype(f"uint{8 * x.dtype.itemsize}")
+  sign = lax.bitcast_convert_type(x, bits) & jnp.asarray(1 << (8 * x.dtype.itemsize - 1), bits)
+  return lax.bitcast_convert_type(lax.bitcast_convert_type(m, bits) | sign, x.dtype)

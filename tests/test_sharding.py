@@ -33,7 +33,7 @@ def _largest_random_bits(compiled_text: str) -> int:
   """The most uint32 elements any RNG op of a compiled (per-device) program makes."""
   sizes = [0]
   for line in compiled_text.splitlines():
-    if re.search(r"bernoulli|_uniform|random_bits|threefry", line):
+    if re.search(r"bernoulli|_uniform|random_bits|threefry|while/body", line):  # CPU threefry loop
       for dims in re.findall(r"u32\[([\d,]+)\]", line):
         sizes.append(int(np.prod([int(d) for d in dims.split(",")])))
   return max(sizes)
