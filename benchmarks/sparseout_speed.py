@@ -232,6 +232,19 @@ def write_markdown(rows: list[dict], path: pathlib.Path, meta: dict) -> None:
   path.write_text("\n".join(lines) + "\n")
 
 
+def _without_out(argv: list[str]) -> list[str]:
+  """The arguments without ``--out PATH`` / ``--out=PATH`` (the results file names itself)."""
+  out, skip = [], False
+  for a in argv:
+    if skip or a.startswith("--out="):
+      skip = False
+      continue
+    skip = a == "--out"
+    if not skip:
+      out.append(a)
+  return out
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -262,8 +275,7 @@ def main() -> None:
   load_before = os.getloadavg()[0]
   rows = run(sizes, dtypes, impls, residuals, args.rounds, floors=not args.goal)
   meta = {
-    "command": "python -m benchmarks.sparseout_speed "
-    + " ".join(a for a in sys.argv[1:] if a != "--out" and not a.startswith("benchmarks/")),
+    "command": "python -m benchmarks.sparseout_speed " + " ".join(_without_out(sys.argv[1:])),
     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     "load": f"1-min load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
     "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].platform}",
