@@ -14,6 +14,7 @@ SECTIONS = [
   "Choosing q and the backward rule",
   "Sparseout in an existing model",
   "The two commands",
+  "Training on one device or many",
   "What the experiments show",
   "Documentation",
 ]
