@@ -31,7 +31,7 @@ from sparseout_jax import sparseout, sparseout_with_mask
 
 SIZES = [1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24]  # 64K .. 16M elements
 RATE = 0.5
-GOAL = 1.10  # issue 11: sparseout / Flax Dropout at every size, both clocks
+GOAL = 1.10  # the target: sparseout / Flax Dropout at every size, both clocks (docs/speed.md)
 
 
 def _jax_variants(impl: str, dtype, residuals: tuple[str, ...], floors: bool) -> dict:

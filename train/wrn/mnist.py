@@ -1,6 +1,6 @@
 """The MNIST digits the repository ships (``data/mnist/``, the t10k split) as 32 x 32 x 3 images.
 
-For the WRN's sparsity study (issue 12), not a CIFAR substitute: 28 x 28 greyscale digits padded
+For the WRN's studies on digits (docs/results.md), not a CIFAR substitute: 28 x 28 greyscale digits padded
 with 2 black pixels on each side and repeated over 3 channels, so the CIFAR pipeline (normalisation,
 crop, flip) and model run unchanged. Split as the autoencoder does: the first 8,000 train, the last
 2,000 test (a study may take fewer of each).
