@@ -148,5 +148,6 @@ def test_lm_with_sparseout_is_the_same_on_1_2_4_8_devices() -> None:
     finals[n], initial = _lm(n, steps=3)
   initial["carry"] = finals[1]["carry"]
   # 3 clipped SGD steps at lr 30 through an LSTM; a last-bit difference in a gradient moves an
-  # update by ~1 ulp of lr * |g|. Measured 4.1e-6 on 8 devices (docs/scaling.md).
-  _check(finals, initial, atol=2e-5, name="lm")
+  # update by ~1 ulp of lr * |g|, and the next steps carry it on. Measured 1.1e-5 on 8 devices
+  # (benchmarks/results/device_count_cpu.md), 2.5e-6 of how far the steps moved the parameters.
+  _check(finals, initial, atol=5e-5, name="lm")
