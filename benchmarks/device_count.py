@@ -3,7 +3,7 @@
 Runs the three programs' jitted steps as `tests/test_device_count.py` does (its helpers, so the
 figures are the tests' own runs): the autoencoder 5 Adam steps, WRN-10-1 (tiny) 3 SGD steps with
 BatchNorm, the tiny LM 3 clipped SGD steps, Sparseout q = 1.5. "moved" is how far training moved the
-parameters on 1 device; the tests' tolerances are 1e-5, 1e-5 and 2e-5.
+parameters on 1 device; the tests' tolerances are 1e-5, 1e-5 and 5e-5.
 
   python -m benchmarks.device_count --out benchmarks/results   # SPARSEOUT_DATA names ptb/'s folder
 """

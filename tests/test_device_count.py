@@ -12,15 +12,12 @@ test also checks that training moved the parameters far more than the tolerance.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import numpy as np
+import program_steps
 import pytest
-from data_root import DATA, need
-from flax import nnx
+from data_root import need
 
-from train.common import data, parallel
+from train.common import parallel
 
-PTB = str(DATA / "ptb")
 COUNTS = (1, 2, 4, 8)
 
 
@@ -30,11 +27,7 @@ def eight():
     pytest.fail("needs the 8 CPU devices of tests/conftest.py")
 
 
-def _max_diff(a, b) -> float:
-  return max(
-    float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-  )
+_max_diff = program_steps.max_diff
 
 
 def _check(finals: dict[int, dict], initial: dict, atol: float, name: str) -> None:
@@ -48,23 +41,7 @@ def _check(finals: dict[int, dict], initial: dict, atol: float, name: str) -> No
 
 
 def _autoencoder(num_devices: int, steps: int):
-  from train.autoencoder import input_pipeline, train
-  from train.autoencoder.configs import default
-
-  c = default.get_config()
-  c.hidden, c.batch_size, c.regularizer, c.rate, c.q = 32, 64, "sparseout", 0.5, 1.5
-  mesh = parallel.make_mesh(num_devices)
-  graphdef, params, rest = nnx.split(train.build_model(c), nnx.Param, ...)
-  initial = jax.tree.map(np.asarray, params)
-  tx = train.make_optimizer(c)
-  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-  state = parallel.put_replicated(state, mesh)
-  step, _ = train.make_steps(graphdef, rest, tx, c, parallel.shardings(state))
-  x = input_pipeline.load_mnist("shipped")["train"]
-  key = parallel.replicate_key(jax.random.key(0), mesh)
-  for batch in list(data.iterate_epoch({"x": x}, 64, 0, 0))[:steps]:
-    state, m = step(state, parallel.put_batch(batch, mesh), key)
-  assert bool(m["ok"])
+  state, initial = program_steps.autoencoder(num_devices, steps)
   return parallel.to_host(state["params"]), initial
 
 
@@ -114,28 +91,9 @@ WRN_ATOL = 1e-5
 
 
 def _lm(num_devices: int, steps: int):
-  from train.lm import input_pipeline as ip
-  from train.lm import train
-  from train.lm.configs import tiny
-
-  c = tiny.get_config()
-  c.data_dir, c.num_devices, c.variable_bptt = PTB, num_devices, False
-  c.q = 1.5  # Sparseout at every site (the tiny config's q = 2 is dropout)
-  mesh = parallel.make_mesh(num_devices)
-  corpus = ip.load_corpus(c.dataset, c.data_dir)
-  graphdef, host, tx = train.init_state(c, len(corpus.vocab))
-  state = train.place(host, mesh)
-  step = train.make_train_step(graphdef, tx, c, state)
-  key = parallel.replicate_key(jax.random.key(0), mesh)
-  streams = ip.batchify(corpus.train[:20_000], c.batch_size)
-  for begin, length in ip.train_windows(streams, c.bptt, c.seed, 1, False)[:steps]:
-    w = ip.make_window(streams, begin, length, c.bptt_bucket)
-    batch = parallel.put_batch({"x": w.inputs, "y": w.targets}, mesh, axis=1)
-    batch["length"] = parallel.put_replicated(np.int32(w.length), mesh)
-    state, m = step(state, batch, key)
-  assert bool(m["ok"])
+  state, initial = program_steps.lm(num_devices, steps)
   return parallel.to_host({"params": state["params"], "carry": state["carry"]}), {
-    "params": host["params"],
+    "params": initial,
     "carry": parallel.to_host(state["carry"]),
   }
 

@@ -10,22 +10,16 @@ rounding carried through those steps: the tolerances are those of tests/test_dev
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import numpy as np
+import program_steps
 import pytest
-from data_root import DATA, need
-from flax import nnx
+from data_root import need
 
-from train.common import data, errors, parallel, run_control
+from train.common import errors, parallel, run_control
 
 DEVICES = 4
 
 
-def _max_diff(a, b) -> float:
-  return max(
-    float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)), initial=0.0))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-  )
+_max_diff = program_steps.max_diff
 
 
 def _split(tree) -> list[bool]:
@@ -50,24 +44,7 @@ def test_bad_param_sharding_is_one_line_naming_the_field() -> None:
 
 
 def _autoencoder(param_sharding: str, steps: int):
-  from train.autoencoder import input_pipeline, train
-  from train.autoencoder.configs import default
-
-  c = default.get_config()
-  c.hidden, c.batch_size, c.regularizer, c.rate, c.q = 32, 64, "sparseout", 0.5, 1.5
-  mesh = parallel.make_mesh(DEVICES)
-  graphdef, params, rest = nnx.split(train.build_model(c), nnx.Param, ...)
-  initial = jax.tree.map(np.asarray, params)
-  tx = train.make_optimizer(c)
-  state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-  state = parallel.put_state(state, mesh, param_sharding)
-  step, _ = train.make_steps(graphdef, rest, tx, c, parallel.shardings(state))
-  x = input_pipeline.load_mnist("shipped")["train"]
-  key = parallel.replicate_key(jax.random.key(0), mesh)
-  for batch in list(data.iterate_epoch({"x": x}, 64, 0, 0))[:steps]:
-    state, m = step(state, parallel.put_batch(batch, mesh), key)
-  assert bool(m["ok"])
-  return state, initial
+  return program_steps.autoencoder(DEVICES, steps, param_sharding)
 
 
 def test_autoencoder_fsdp_trains_as_replicated_with_the_state_split() -> None:
@@ -119,30 +96,8 @@ def test_lm_fsdp_trains_as_replicated_with_the_weight_drop_on() -> None:
   # The LM's weight drop draws a mask shaped as the hidden-to-hidden weights: with FSDP it is drawn
   # with the weights' sharding, and must still be the same draw.
   need("ptb")
-  from train.lm import input_pipeline as ip
-  from train.lm import train
-  from train.lm.configs import tiny
-
-  def run(param_sharding: str):
-    c = tiny.get_config()
-    c.data_dir, c.num_devices, c.variable_bptt, c.q = str(DATA / "ptb"), DEVICES, False, 1.5
-    mesh = parallel.make_mesh(DEVICES)
-    corpus = ip.load_corpus(c.dataset, c.data_dir)
-    graphdef, host, tx = train.init_state(c, len(corpus.vocab))
-    state = train.place(host, mesh, param_sharding)
-    step = train.make_train_step(graphdef, tx, c, state)
-    key = parallel.replicate_key(jax.random.key(0), mesh)
-    streams = ip.batchify(corpus.train[:20_000], c.batch_size)
-    for begin, length in ip.train_windows(streams, c.bptt, c.seed, 1, False)[:3]:
-      w = ip.make_window(streams, begin, length, c.bptt_bucket)
-      batch = parallel.put_batch({"x": w.inputs, "y": w.targets}, mesh, axis=1)
-      batch["length"] = parallel.put_replicated(np.int32(w.length), mesh)
-      state, m = step(state, batch, key)
-    assert bool(m["ok"])
-    return state, host["params"]
-
-  fsdp, initial = run("fsdp")
-  repl, _ = run("replicated")
+  fsdp, initial = program_steps.lm(DEVICES, 3, "fsdp")
+  repl, _ = program_steps.lm(DEVICES, 3, "replicated")
   assert sum(_split(fsdp["params"])) >= len(jax.tree.leaves(fsdp["params"])) // 2
   got, want = parallel.to_host(fsdp["params"]), parallel.to_host(repl["params"])
   print(f"lm: max |fsdp - replicated| {_max_diff(got, want):.3g}")
