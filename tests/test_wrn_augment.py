@@ -73,3 +73,14 @@ def test_flip_false_keeps_the_crops_and_never_mirrors():
     assert not b["flip"].any()
     for k in ("image", "label", "oy", "ox"):
       np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_crop_false_and_flip_false_train_on_the_images_as_they_are():
+  kw = dict(global_batch=64, seed=3, epoch=1)
+  cropped = list(augment.raw_train_batches(DS, flip=False, **kw))
+  plain = list(augment.raw_train_batches(DS, flip=False, crop=False, **kw))
+  assert any((b["oy"] != input_pipeline.PAD).any() for b in cropped)  # not vacuous: crops move
+  for a, b in zip(cropped, plain, strict=True):
+    np.testing.assert_array_equal(a["label"], b["label"])  # same examples, same order
+    out = np.asarray(augment.on_device(jax.tree.map(np.asarray, b))["image"])
+    np.testing.assert_array_equal(out, input_pipeline.normalize(b["image"]))

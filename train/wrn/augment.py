@@ -110,11 +110,14 @@ def raw_train_batches(
   num_hosts: int = 1,
   start_batch: int = 0,
   flip: bool = True,
+  crop: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
   """``input_pipeline.train_batches`` without the pixel work: the same examples, uint8, with draws.
 
   Args: as ``input_pipeline.train_batches``; ``flip=False`` keeps the crops and never mirrors
-  (digits: a mirrored digit is another shape).
+  (digits: a mirrored digit is another shape); ``crop=False`` crops every image at offset PAD, which
+  is the image itself (no augmentation with both off). The draws are made either way, so the
+  generator's stream does not depend on these switches.
 
   Yields:
     {"image": uint8 (B_local, 32, 32, 3), "label": int32 (B_local,), "oy", "ox": int32 (B_local,),
@@ -133,4 +136,7 @@ def raw_train_batches(
     d = draws(seed, epoch, b, global_batch, host_id * local, local)
     if not flip:
       d["flip"] = np.zeros_like(d["flip"])
+    if not crop:
+      d["oy"] = np.full_like(d["oy"], input_pipeline.PAD)
+      d["ox"] = np.full_like(d["ox"], input_pipeline.PAD)
     yield {**batch, **d}

@@ -317,6 +317,7 @@ def train_and_evaluate(
       num_hosts=jax.process_count(),
       start_batch=start,
       flip=bool(config.flip),
+      crop=bool(config.crop),
     ):
       yield parallel.put_batch(batch, mesh)
 

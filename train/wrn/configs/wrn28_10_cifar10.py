@@ -30,6 +30,7 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
   )
   c.data_dir = ""  # folder with cifar-10-binary.tar.gz / cifar-100-binary.tar.gz (or TFDS data)
   c.flip = True  # random horizontal flips in training (False for digits: a mirrored digit is another shape)
+  c.crop = True  # random crops after reflect-padding 4 pixels (False: the images as they are)
   c.synthetic_size = 512  # training examples of the synthetic source (test: a quarter)
   # Model: WRN-depth-width.
   c.depth = 28
