@@ -2,7 +2,7 @@
 
 ``python -m train.wrn.study --workdir=runs/wrn_study``. The regime is chosen so that the study can
 speak about claim (c) at all: a net that learns digits to a few per cent test error, a training set
-small enough that without noise it overfits (its training error reaches 0 by epoch 15) and no
+small enough that without noise it overfits (its training error reaches 0 by epoch 13-17) and no
 augmentation (random crops alone regularise a net this small so well that a noise layer only slows
 it; flips turn digits into other shapes). The recipe is the CIFAR one (SGD nesterov, weight decay
 5e-4, drop rate 0.3 after the block's second ReLU, lr x0.2 steps) on a 40-epoch schedule. Sparseout
