@@ -23,6 +23,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 
+import program_steps
 import test_device_count as t
 
 from benchmarks import report
@@ -45,8 +46,8 @@ def main() -> None:
       finals[n], initial = run(n)
     if skip is not None:
       initial[skip] = finals[1][skip]
-    diffs = {n: t._max_diff(finals[n], finals[1]) for n in t.COUNTS[1:]}
-    moved = t._max_diff(finals[1], initial)
+    diffs = {n: program_steps.max_diff(finals[n], finals[1]) for n in t.COUNTS[1:]}
+    moved = program_steps.max_diff(finals[1], initial)
     results[name] = {"max_abs_diff": diffs, "moved": moved}
     rows.append([name] + [f"{diffs[n]:.1e}" for n in t.COUNTS[1:]] + [f"{moved:.1e}"])
     print(name, diffs, f"moved {moved:.3g}", flush=True)

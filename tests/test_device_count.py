@@ -27,13 +27,10 @@ def eight():
     pytest.fail("needs the 8 CPU devices of tests/conftest.py")
 
 
-_max_diff = program_steps.max_diff
-
-
 def _check(finals: dict[int, dict], initial: dict, atol: float, name: str) -> None:
   """Every device count's parameters equal the 1-device ones within ``atol``; training moved them."""
-  diffs = {n: _max_diff(finals[n], finals[1]) for n in finals}
-  moved = _max_diff(finals[1], initial)
+  diffs = {n: program_steps.max_diff(finals[n], finals[1]) for n in finals}
+  moved = program_steps.max_diff(finals[1], initial)
   print(f"{name}: max |params(n) - params(1)| {diffs}, moved {moved:.3g}")
   assert moved > 100 * atol, moved
   for n, d in diffs.items():

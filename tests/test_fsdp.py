@@ -20,9 +20,6 @@ from train.common import errors, parallel, run_control
 DEVICES = 4
 
 
-_max_diff = program_steps.max_diff
-
-
 def _split(tree) -> list[bool]:
   """For each leaf: is it split over the mesh (each device holding a part)?"""
   return [not x.sharding.is_fully_replicated for x in jax.tree.leaves(tree)]
@@ -44,13 +41,9 @@ def test_bad_param_sharding_is_one_line_naming_the_field() -> None:
     run_control.validate_run_control(c)
 
 
-def _autoencoder(param_sharding: str, steps: int):
-  return program_steps.autoencoder(DEVICES, steps, param_sharding)
-
-
 def test_autoencoder_fsdp_trains_as_replicated_with_the_state_split() -> None:
-  fsdp, initial = _autoencoder("fsdp", steps=5)
-  repl, _ = _autoencoder("replicated", steps=5)
+  fsdp, initial = program_steps.autoencoder(DEVICES, 5, "fsdp")
+  repl, _ = program_steps.autoencoder(DEVICES, 5, "replicated")
   # Both kernels (784 x 32, 32 x 784) and Adam's moments of them are split; the step's output
   # keeps that layout.
   kernels = {k: fsdp["params"][k]["kernel"] for k in ("encoder", "decoder")}
@@ -59,11 +52,11 @@ def test_autoencoder_fsdp_trains_as_replicated_with_the_state_split() -> None:
   for k in kernels.values():
     assert {s.data.shape[k.ndim - 2] for s in k.addressable_shards} <= {784 // DEVICES, 32}
   got, want = parallel.to_host(fsdp["params"]), parallel.to_host(repl["params"])
-  print(f"autoencoder: max |fsdp - replicated| {_max_diff(got, want):.3g}")
+  print(f"autoencoder: max |fsdp - replicated| {program_steps.max_diff(got, want):.3g}")
   # 5 Adam steps at lr 1e-3 with Sparseout noise: at most ~1 ulp of an update per step (measured
   # 0 on this CPU: XLA kept the order of the additions); training moved the parameters far more.
-  assert _max_diff(got, want) <= 1e-5
-  assert _max_diff(want, initial) > 1e-3
+  assert program_steps.max_diff(got, want) <= 1e-5
+  assert program_steps.max_diff(want, initial) > 1e-3
 
 
 def _ae_config(**kw):
@@ -85,11 +78,11 @@ def test_a_replicated_checkpoint_resumes_with_fsdp(tmp_path) -> None:
   resumed = train.train_and_evaluate(_ae_config(param_sharding="fsdp"), str(tmp_path / "cut"))
   assert resumed["steps"] == full["steps"]
   print(
-    f"resume: max |fsdp-resumed - replicated| {_max_diff(resumed['final_params'], full['final_params']):.3g}"
+    f"resume: max |fsdp-resumed - replicated| {program_steps.max_diff(resumed['final_params'], full['final_params']):.3g}"
   )
   # The orbax checkpoint holds global arrays; restored into the FSDP layout, the run goes on. Only
   # the steps after the resume add their partial sums in another order (tolerance as above).
-  assert _max_diff(resumed["final_params"], full["final_params"]) <= 1e-5
+  assert program_steps.max_diff(resumed["final_params"], full["final_params"]) <= 1e-5
 
 
 @pytest.mark.slow
@@ -101,7 +94,7 @@ def test_lm_fsdp_trains_as_replicated_with_the_weight_drop_on() -> None:
   repl, _ = program_steps.lm(DEVICES, 3, "replicated")
   assert sum(_split(fsdp["params"])) >= len(jax.tree.leaves(fsdp["params"])) // 2
   got, want = parallel.to_host(fsdp["params"]), parallel.to_host(repl["params"])
-  print(f"lm: max |fsdp - replicated| {_max_diff(got, want):.3g}")
+  print(f"lm: max |fsdp - replicated| {program_steps.max_diff(got, want):.3g}")
   # As tests/test_device_count.py's LM: 3 clipped SGD steps at lr 30 (measured 3.4e-6).
-  assert _max_diff(got, want) <= 2e-5
-  assert _max_diff(want, initial) > 2e-3
+  assert program_steps.max_diff(got, want) <= 2e-5
+  assert program_steps.max_diff(want, initial) > 2e-3
